@@ -1,0 +1,86 @@
+"""Settings of the distributed side: where documents come from, how Ray runs, where vectors go."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from embedder.settings import choice, doc
+
+SourceFormat = Literal["auto", "parquet", "jsonl", "jsonl.gz"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceConfig:
+    """The documents to embed."""
+
+    uri: str = doc("Local folder, file, glob, or s3://bucket/prefix of document shards.", required=True)
+    format: SourceFormat = doc("parquet, jsonl or jsonl.gz; auto = from each file's extension.", "auto")
+    id_column: str = doc("Column holding the document id (unique per document).", "id")
+    text_column: str = doc("Column holding the text to embed.", "text")
+    metadata_columns: list[str] = doc("Extra columns copied into Milvus (scalar values: str, int, float, bool).",
+                                      default_factory=list)
+    storage_options: dict[str, object] = doc("s3fs options: endpoint_url, key, secret, ... "
+                                             "Credentials may come from AWS_* environment variables instead.",
+                                             default_factory=dict, secret=True)
+    read_batch_rows: int = doc("Rows per record batch read from a shard (bounds memory).", 1024)
+
+    def __post_init__(self) -> None:
+        if not self.uri:
+            raise ValueError("source.uri is required: a local path, glob, or s3://bucket/prefix")
+        choice("source.format", self.format, ("auto", "parquet", "jsonl", "jsonl.gz"))
+        reserved = {"pk", "doc_id", "chunk_index", "text", "dense", "sparse"}
+        clash = reserved.intersection(self.metadata_columns)
+        if clash:
+            raise ValueError(f"source.metadata_columns: {sorted(clash)} are reserved output fields; rename them")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterConfig:
+    """How the Ray pipeline is laid out."""
+
+    address: str | None = doc("Ray address to join. Empty = RAY_ADDRESS, the job's cluster, or a new local Ray.")
+    workers: int = doc("Number of embedding actors (each holds one model copy).", 1)
+    gpus_per_worker: float = doc("GPUs requested by each embedding actor (0 = run on CPU).", 0.0)
+    cpus_per_worker: float = doc("CPUs requested by each embedding actor.", 1.0)
+    rows_per_task: int = doc("Chunks handed to an embedding actor at a time; the actor packs them "
+                             "into token-budget batches.", 512)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError("cluster.workers must be >= 1")
+        if self.gpus_per_worker < 0 or self.cpus_per_worker < 0:
+            raise ValueError("cluster.gpus_per_worker and cluster.cpus_per_worker must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MilvusConfig:
+    """Where vectors are written."""
+
+    uri: str = doc("A local path (milvus-lite, embedded) or http(s)://host:port of a Milvus server.", "./milvus.db")
+    collection: str = doc("Collection the job writes to (created when missing).", "documents")
+    token: str | None = doc("Milvus token ('user:password' or API key); prefer the MILVUS_TOKEN environment variable.",
+                            secret=True)
+    db_name: str | None = doc("Milvus database on a server. Empty = default.")
+    store_text: bool = doc("Store the chunk text in a VARCHAR field `text`.", True)
+    text_max_length: int = doc("VARCHAR capacity (bytes) of the `text` field.", 65535)
+    mode: Literal["upsert", "bulk_import"] = doc("upsert (rows over the API) or bulk_import (parquet files "
+                                                 "imported by a Milvus server).", "upsert")
+    write_batch_rows: int = doc("Most rows in one upsert request (requests also stay under 64 MB).", 1000)
+    max_request_bytes: int = doc("Size limit of one upsert request.", 48 * 1024 * 1024)
+    bulk_uri: str | None = doc("bulk_import: s3://bucket/prefix the Milvus server can read for import files.")
+    bulk_storage_options: dict[str, object] = doc("bulk_import: s3 options (endpoint_url, key, secret) for bulk_uri.",
+                                                  default_factory=dict, secret=True)
+
+    def __post_init__(self) -> None:
+        choice("milvus.mode", self.mode, ("upsert", "bulk_import"))
+        if not self.collection or not self.collection.replace("_", "a").isalnum() or self.collection[0].isdigit():
+            raise ValueError(f"milvus.collection {self.collection!r}: use letters, digits and '_' "
+                             "(not starting with a digit)")
+        if self.mode == "bulk_import" and not self.bulk_uri:
+            raise ValueError("milvus.mode bulk_import needs milvus.bulk_uri (s3://bucket/prefix the server can read)")
+
+    @property
+    def is_lite(self) -> bool:
+        """True when uri is a local file path (milvus-lite)."""
+        return not self.uri.startswith(("http://", "https://", "tcp://", "grpc://"))

@@ -1,0 +1,71 @@
+"""Stage 3 (actor pool, one model copy per actor, pinned to GPUs by Ray's resource request)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pyarrow as pa
+
+from cluster import contract as c
+from cluster.stages.arrow import fixed_list, is_payload, list_array
+from embedder.settings import BatchConfig, ChunkingConfig, ModelConfig
+
+log = logging.getLogger(__name__)
+PADDED_LEN = "padded_len"  # width of the forward batch the row ran in: sum = padded tokens
+FAULT_ENV = "EMBED_FAULT_EXIT_AFTER"  # fault injection for reliability tests: exit after N calls
+
+
+class EmbedStage:
+    """Loads the encoder once in ``__init__``; ``__call__`` embeds a table of chunks.
+
+    Adds ``dense``, ``sparse_indices``, ``sparse_values`` and ``padded_len``, drops
+    ``input_ids``. Rows with an error (or markers) pass through with null vectors; a chunk
+    whose vector stays non-finite in fp32 gets an error instead of a vector.
+    """
+
+    def __init__(self, model: ModelConfig, batch: BatchConfig, chunking: ChunkingConfig) -> None:
+        from embedder.encoder import Encoder  # heavy: torch + transformers, only inside the actor
+
+        self.encoder = Encoder(model, batch, chunking)
+        self.calls = 0
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        c.require_columns("embed", table.column_names, c.TOKENIZED_COLUMNS)
+        self.calls += 1
+        fault = os.environ.get(FAULT_ENV)
+        if fault and self.calls > int(fault):
+            log.error("fault injection: embed actor exits after %s calls", fault)
+            os._exit(1)
+        payload = np.flatnonzero(is_payload(table))
+        col = table.column(c.INPUT_IDS).combine_chunks()
+        flat = col.flatten().to_numpy()
+        offsets = col.offsets.to_numpy()
+        ids = [flat[offsets[i] - offsets[0]: offsets[i + 1] - offsets[0]] for i in payload]
+        enc = self.encoder
+        emb = enc.embed_ids(ids)
+        n = table.num_rows
+        dense = np.zeros((n, enc.dim), dtype=np.float32)
+        dense[payload] = emb.dense
+        valid = np.zeros(n, dtype=bool)
+        valid[payload] = True
+        errors = table.column(c.ERROR).to_pylist()
+        for k, reason in emb.errors.items():
+            valid[payload[k]] = False
+            errors[payload[k]] = reason
+        padded = np.zeros(n, dtype=np.int32)
+        padded[payload] = emb.widths
+        out = table.drop_columns([c.INPUT_IDS])
+        out = out.set_column(out.schema.get_field_index(c.ERROR), c.ERROR, pa.array(errors, pa.string()))
+        out = out.append_column(c.DENSE, fixed_list(dense, valid)).append_column(PADDED_LEN, pa.array(padded))
+        if emb.sparse is not None:
+            lengths = np.zeros(n, dtype=np.int64)
+            lengths[payload] = np.diff(emb.sparse.offsets)
+            lengths[~valid] = 0
+            keep = np.repeat(valid[payload], np.diff(emb.sparse.offsets))
+            sp_offsets = np.concatenate([[0], np.cumsum(lengths)])
+            out = out.append_column(c.SPARSE_INDICES, list_array(sp_offsets, emb.sparse.indices[keep], valid))
+            out = out.append_column(c.SPARSE_VALUES, list_array(sp_offsets, emb.sparse.values[keep], valid))
+        return out
+

@@ -1,0 +1,77 @@
+"""Stage 2 (CPU tasks): documents -> chunks of token ids, one output row per chunk.
+
+Failed documents and shard end markers pass through as single rows with ``error`` /
+``_shard_end`` set, so the driver sees every input exactly once.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pyarrow as pa
+
+from cluster import contract as c
+from cluster.stages.arrow import SHARD_END, is_payload, list_array
+from embedder.models.info import load_model_info
+from embedder.settings import ChunkingConfig, ModelConfig
+from embedder.tokenize import TextTokenizer
+
+N_CHUNKS = "n_chunks"  # chunks the chunk's document was split into
+_CACHE: dict[bytes, TextTokenizer] = {}  # one tokenizer per worker process and config
+
+
+def get_tokenizer(model: ModelConfig, chunking: ChunkingConfig) -> TextTokenizer:
+    """The tokenizer for this config, loaded once per worker process (Ray reuses workers)."""
+    key = pickle.dumps((model, chunking))
+    if key not in _CACHE:
+        _CACHE[key] = TextTokenizer(load_model_info(model), model, chunking)
+    return _CACHE[key]
+
+
+def tokenize_docs(table: pa.Table, *, model: ModelConfig, chunking: ChunkingConfig) -> pa.Table:
+    """Add pk, chunk_index, input_ids, n_tokens, n_chunks, truncated; chunk texts replace doc texts."""
+    c.require_columns("tokenize", table.column_names, c.READ_COLUMNS)
+    tok = get_tokenizer(model, chunking)
+    payload = np.flatnonzero(is_payload(table))
+    texts = table.column(c.TEXT).to_pylist()
+    chunks = tok.passages([texts[i] for i in payload])
+
+    # Output rows: every chunk, plus one row per non-payload input (errors, markers).
+    per_doc = np.bincount(np.asarray(chunks.doc, dtype=np.int64), minlength=len(payload))
+    src = np.concatenate([payload[chunks.doc], np.flatnonzero(~is_payload(table)),
+                          payload[list(chunks.errors)]]).astype(np.int64)
+    n_chunk_rows = len(chunks.doc)
+    out = table.take(pa.array(src))
+    doc_ids = out.column(c.DOC_ID).to_pylist()
+    errors = out.column(c.ERROR).to_pylist()
+    chunk_index = [None] * len(src)
+    pks: list[str | None] = [None] * len(src)
+    chunk_texts: list[str | None] = [None] * len(src)
+    for k in range(n_chunk_rows):
+        d = chunks.doc[k]
+        chunk_index[k] = chunks.chunk_index[k]
+        pks[k] = c.make_pk(doc_ids[k], chunks.chunk_index[k])
+        a, b = chunks.spans[k]
+        chunk_texts[k] = texts[payload[d]][a:b]
+    for j, doc in enumerate(chunks.errors):
+        errors[len(src) - len(chunks.errors) + j] = chunks.errors[doc]
+
+    lengths = np.zeros(len(src), dtype=np.int64)
+    lengths[:n_chunk_rows] = chunks.lengths
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    ids = np.concatenate(chunks.input_ids) if chunks.input_ids else np.zeros(0, dtype=np.int32)
+    n_chunks = np.zeros(len(src), dtype=np.int32)
+    n_chunks[:n_chunk_rows] = per_doc[np.asarray(chunks.doc, dtype=np.int64)]
+    valid = np.arange(len(src)) < n_chunk_rows
+    out = out.set_column(out.schema.get_field_index(c.TEXT), c.TEXT, pa.array(chunk_texts, pa.string()))
+    out = out.set_column(out.schema.get_field_index(c.ERROR), c.ERROR, pa.array(errors, pa.string()))
+    return (out.append_column(c.PK, pa.array(pks, pa.string()))
+            .append_column(c.CHUNK_INDEX, pa.array(chunk_index, pa.int32()))
+            .append_column(c.INPUT_IDS, list_array(offsets, ids.astype(np.int32), valid))
+            .append_column(c.N_TOKENS, pa.array(lengths.astype(np.int32)))
+            .append_column(N_CHUNKS, pa.array(n_chunks))
+            .append_column(c.TRUNCATED, pa.array(chunks.truncated + [False] * (len(src) - n_chunk_rows), pa.bool_())))
+
+
+__all__ = ["tokenize_docs", "N_CHUNKS", "SHARD_END"]

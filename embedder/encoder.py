@@ -1,0 +1,135 @@
+"""The encoder in one object: tokenize -> pack by token budget -> forward -> post-process.
+
+The three steps stay separate callables (``TextTokenizer``, ``ModelRunner.forward``,
+``postprocess``) so that ``cluster/`` can run them in different Ray stages; ``Encoder``
+strings them together for one process (the embed actor, queries, evaluation, benchmarks).
+
+Example:
+    >>> enc = Encoder(ModelConfig(name="models/e5"), BatchConfig(), ChunkingConfig())
+    >>> chunks, emb = enc.encode_passages(["Der Router startet neu.", "Reboot the router."])
+    >>> emb.dense.shape
+    (2, 384)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from embedder.batching import pack_batches
+from embedder.forward import ModelRunner
+from embedder.models.info import load_model_info
+from embedder.models.loader import load_model
+from embedder.postprocess import postprocess
+from embedder.precision import resolve_device, resolve_dtype
+from embedder.settings import BatchConfig, ChunkingConfig, ModelConfig
+from embedder.tokenize import Chunks, TextTokenizer
+from embedder.vectors import SparseBatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodeStats:
+    """Counters of the work done, summed over calls."""
+
+    chunks: int = 0
+    batches: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    fp32_reruns: int = 0
+
+    @property
+    def padding_efficiency(self) -> float:
+        """Real tokens / padded tokens (1.0 = no padding)."""
+        return self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
+
+
+@dataclass
+class Embeddings:
+    """Vectors of a list of chunks, in input order; ``errors`` maps a chunk position to a reason."""
+
+    dense: np.ndarray
+    sparse: SparseBatch | None
+    widths: np.ndarray  # padded width of the forward batch each row ran in (sum = padded tokens)
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+class Encoder:
+    """Loads the model once and embeds chunks in token-budget batches."""
+
+    def __init__(self, model: ModelConfig, batch: BatchConfig, chunking: ChunkingConfig) -> None:
+        self.cfg = model
+        self.batch = batch
+        self.info = load_model_info(model)
+        if batch.max_tokens < self.info.max_seq_length:
+            raise ValueError(f"batch.max_tokens {batch.max_tokens} is smaller than one full-length sequence "
+                             f"({self.info.max_seq_length} tokens); raise it")
+        device = resolve_device(model)
+        dtype = resolve_dtype(model.precision, device)
+        self.model = load_model(model, self.info, device, dtype)
+        self.tokenizer = TextTokenizer(self.info, model, chunking)
+        self.runner = ModelRunner(self.model)
+        self.stats = EncodeStats()
+        log.info("loaded %s on %s as %s (dim %d, sparse %s)", model.name, device, dtype, self.model.dim,
+                 self.model.sparse_head is not None)
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the stored dense vectors (after Matryoshka truncation)."""
+        return self.cfg.dense_dim or self.model.dim
+
+    @property
+    def has_sparse(self) -> bool:
+        return self.model.sparse_head is not None
+
+    def embed_ids(self, input_ids: list[np.ndarray]) -> Embeddings:
+        """Embed tokenized chunks; the output rows follow the input order."""
+        n = len(input_ids)
+        dense = np.zeros((n, self.dim), dtype=np.float32)
+        sparse_parts: list[tuple[np.ndarray, SparseBatch]] = []
+        errors: dict[int, str] = {}
+        widths = np.zeros(n, dtype=np.int32)
+        lengths = np.fromiter((len(x) for x in input_ids), dtype=np.int64, count=n)
+        for rows in pack_batches(lengths, self.batch.max_tokens, self.batch.max_rows):
+            out = self.runner.forward([input_ids[i] for i in rows])
+            post = postprocess(out, dense_dim=self.cfg.dense_dim, normalize_dense=self.cfg.normalize,
+                               special_ids=self.model.special_ids, sparse_top_k=self.cfg.sparse_top_k)
+            dense[rows] = post.dense
+            widths[rows] = lengths[rows].max()
+            if post.sparse is not None:
+                sparse_parts.append((rows, post.sparse))
+            for r in post.bad_rows:
+                errors[int(rows[r])] = "non-finite vector, also in fp32"
+            self.stats.batches += 1
+            self.stats.fp32_reruns += int(out.reran_fp32)
+            self.stats.real_tokens += int(lengths[rows].sum())
+            self.stats.padded_tokens += len(rows) * int(widths[rows[0]])
+        self.stats.chunks += n
+        sparse = _scatter(sparse_parts, n) if self.has_sparse else None
+        return Embeddings(dense=dense, sparse=sparse, widths=widths, errors=errors)
+
+    def encode_passages(self, texts: list[str]) -> tuple[Chunks, Embeddings]:
+        """Documents -> chunks -> vectors."""
+        chunks = self.tokenizer.passages(texts)
+        return chunks, self.embed_ids(chunks.input_ids)
+
+    def encode_queries(self, texts: list[str]) -> Embeddings:
+        """Queries (query prefix or instruction applied), one vector each."""
+        return self.embed_ids(self.tokenizer.queries(texts).input_ids)
+
+
+def _scatter(parts: list[tuple[np.ndarray, SparseBatch]], n: int) -> SparseBatch:
+    """Reassemble per-batch sparse rows into input order."""
+    if not parts:
+        return SparseBatch(np.zeros(n + 1, dtype=np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
+    positions = np.concatenate([rows for rows, _ in parts])
+    counts = np.concatenate([np.diff(p.offsets) for _, p in parts])
+    merged = SparseBatch(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+                         np.concatenate([p.indices for _, p in parts]),
+                         np.concatenate([p.values for _, p in parts]))
+    order = np.empty(n, dtype=np.int64)
+    order[positions] = np.arange(len(positions))
+    return merged.take(order)

@@ -1,0 +1,94 @@
+"""Load a model through sentence-transformers, with its optional BGE-M3 sparse head."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from embedder.models.info import ModelInfo
+from embedder.settings import ModelConfig
+
+log = logging.getLogger(__name__)
+SPARSE_HEAD_FILE = "sparse_linear.pt"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run: the sentence-transformers module chain plus what the stages need."""
+
+    st: Any  # sentence_transformers.SentenceTransformer
+    tokenizer: Any
+    sparse_head: Any | None  # torch.nn.Linear(hidden, 1) or None
+    dim: int
+    max_seq_length: int
+    prompts: dict[str, str]
+    special_ids: list[int]
+    device: str
+    dtype: Any  # torch.dtype
+
+
+def find_sparse_head(path: str) -> Path | None:
+    """The ``sparse_linear.pt`` of a local folder or a cached hub model, if it has one."""
+    local = Path(path)
+    if local.is_dir():
+        head = local / SPARSE_HEAD_FILE
+        return head if head.exists() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(path, SPARSE_HEAD_FILE)
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def load_sparse_head(file: Path, hidden: int) -> Any:
+    """BGE-M3's ``sparse_linear``: a ``Linear(hidden, 1)`` state dict."""
+    import torch
+
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    head = torch.nn.Linear(hidden, 1)
+    try:
+        head.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{file}: not a Linear({hidden}, 1) state dict as BGE-M3 ships it") from e
+    return head.eval()
+
+
+def load_model(cfg: ModelConfig, info: ModelInfo, device: str, dtype: Any) -> LoadedModel:
+    """Load weights once (in an actor's ``__init__``) and check the config against the model."""
+    from sentence_transformers import SentenceTransformer
+
+    path = info.path
+    st = SentenceTransformer(path, device=device, trust_remote_code=cfg.trust_remote_code)
+    st.eval()
+    dim = int(st.get_embedding_dimension() if hasattr(st, "get_embedding_dimension")
+              else st.get_sentence_embedding_dimension())
+    check_dense_dim(cfg, dim)
+    st.max_seq_length = info.max_seq_length
+
+    sparse_head = None
+    head_file = find_sparse_head(path) if cfg.sparse is not False else None
+    if cfg.sparse is True and head_file is None:
+        raise ValueError(f"model.sparse is true but {cfg.name} has no {SPARSE_HEAD_FILE}; "
+                         "use a BGE-M3-style model or set model.sparse: auto/false")
+    if head_file is not None:
+        hidden = st.transformers_model.config.hidden_size
+        sparse_head = load_sparse_head(head_file, hidden).to(device)
+    elif cfg.sparse == "auto":
+        log.info("model %s has no %s: sparse vectors are off", cfg.name, SPARSE_HEAD_FILE)
+
+    st.to(dtype)
+    if sparse_head is not None:
+        sparse_head.to(dtype)
+    tok = info.tokenizer
+    special = {getattr(tok, f"{n}_token_id", None) for n in ("cls", "bos", "eos", "sep", "pad", "unk")}
+    return LoadedModel(st=st, tokenizer=tok, sparse_head=sparse_head, dim=dim, max_seq_length=info.max_seq_length,
+                       prompts=info.prompts,
+                       special_ids=sorted(i for i in special if i is not None), device=device, dtype=dtype)
+
+
+def check_dense_dim(cfg: ModelConfig, dim: int) -> None:
+    """``model.dense_dim`` may only shrink the vector (Matryoshka), never grow it."""
+    if cfg.dense_dim is not None and cfg.dense_dim > dim:
+        raise ValueError(f"model.dense_dim {cfg.dense_dim} is larger than {cfg.name}'s dimension {dim}; "
+                         f"use {dim} or less")

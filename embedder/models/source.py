@@ -1,0 +1,76 @@
+"""Where model weights come from: a Hugging Face id, a local folder, or an s3:// prefix.
+
+An ``s3://`` model is downloaded once per node into ``model.cache_dir``; a file lock makes
+the other actors on that node wait for the first download instead of racing it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from embedder.settings import ModelConfig
+
+log = logging.getLogger(__name__)
+COMPLETE_MARKER = ".download-complete"
+
+
+def resolve_model_path(cfg: ModelConfig) -> str:
+    """Return a local folder or Hugging Face id that ``SentenceTransformer`` can load offline."""
+    if cfg.name.startswith("s3://"):
+        return str(download_s3_model(cfg.name, Path(cfg.cache_dir).expanduser(), cfg.storage_options))
+    local = Path(cfg.name).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ValueError(f"model.name {cfg.name!r} is a file; give the model folder")
+        return str(local.resolve())
+    if cfg.name.startswith(("/", "./", "../", "~")):
+        raise FileNotFoundError(f"model.name {cfg.name!r}: no such folder")
+    return cfg.name  # a hub id, served from the local Hugging Face cache when offline
+
+
+def download_s3_model(uri: str, cache_dir: Path, storage_options: dict[str, object]) -> Path:
+    """Copy the model folder at ``uri`` into ``cache_dir`` once; concurrent callers wait on a lock."""
+    key = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+    target = cache_dir / f"{uri.rstrip('/').rsplit('/', 1)[-1]}-{key}"
+    if (target / COMPLETE_MARKER).exists():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / COMPLETE_MARKER).exists():  # another actor finished while we waited
+            return target
+        fs, root = _s3(uri, storage_options)
+        files = [f for f in fs.find(root) if not f.endswith("/")]
+        if not files:
+            raise FileNotFoundError(f"model.name {uri}: no files under this prefix")
+        partial = target.with_name(target.name + f".partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        started = time.monotonic()
+        for remote in files:
+            local = partial / remote[len(root):].lstrip("/")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(remote, str(local))
+        (partial / COMPLETE_MARKER).write_text(uri + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
+        log.info("downloaded model %s (%d files) to %s in %.1fs", uri, len(files), target,
+                 time.monotonic() - started)
+    return target
+
+
+def _s3(uri: str, storage_options: dict[str, object]):  # noqa: ANN202 - s3fs is optional
+    try:
+        import s3fs
+    except ImportError as e:
+        raise ImportError("an s3:// model needs s3fs: pip install 's3fs[boto3]'") from e
+    opts = dict(storage_options)
+    endpoint = opts.pop("endpoint_url", None)
+    if endpoint:
+        opts.setdefault("client_kwargs", {})["endpoint_url"] = endpoint  # type: ignore[index]
+    return s3fs.S3FileSystem(**opts), uri.removeprefix("s3://").rstrip("/")

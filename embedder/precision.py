@@ -1,0 +1,45 @@
+"""Choose the device and the dtype of the forward pass."""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+from embedder.settings import ModelConfig
+
+if TYPE_CHECKING:
+    import torch
+
+
+def resolve_device(cfg: ModelConfig) -> str:
+    """``cuda`` when asked for or visible (auto), else ``cpu``; asking for CUDA without one is an error."""
+    import torch
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("model.device is cuda but no GPU is visible to this process; "
+                           "request GPUs with cluster.gpus_per_worker or set model.device: cpu")
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.device
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 beats fp32 about 2x."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(precision: str, device: str) -> torch.dtype:
+    """auto: fp16 on CUDA; on CPU bf16 where native, else fp32 (fp16 on CPU is several times slower)."""
+    import torch
+
+    if precision == "auto":
+        if device.startswith("cuda"):
+            return torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]

