@@ -1,0 +1,118 @@
+"""Counting what the driver receives: per-shard completion, the run summary, progress lines."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from cluster import contract as c
+from cluster.source import Shard
+from cluster.stages.arrow import SHARD_END
+from cluster.stages.embed import PADDED_LEN
+from cluster.stages.tokenize import N_CHUNKS
+
+
+@dataclass
+class ShardState:
+    """What has arrived of one shard; it is done when every document and chunk has."""
+
+    size: int
+    docs_total: int | None = None
+    docs_seen: int = 0
+    chunks_expected: int = 0
+    chunks_seen: int = 0
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return (self.docs_total is not None and self.docs_seen >= self.docs_total
+                and self.chunks_seen >= self.chunks_expected)
+
+
+class RunTracker:
+    """Turns the stream of embedded batches into counters, shard completions and the summary."""
+
+    def __init__(self, shards: list[Shard]) -> None:
+        self.started = time.monotonic()
+        self.shards = {s.path: ShardState(size=s.size) for s in shards}
+        self.bytes_total = sum(s.size for s in shards) or 1
+        self.docs_read = self.docs_failed = self.chunks_embedded = self.chunks_failed = 0
+        self.rows_written = self.tokens = self.padded_tokens = self.truncated_docs = 0
+        self.shards_failed = 0
+
+    def observe(self, table: pa.Table) -> list[str]:
+        """Count one batch from the pipeline; returns the shards it completed."""
+        shard = table.column(c.SHARD).to_pylist()
+        chunk_index = table.column(c.CHUNK_INDEX).to_numpy(zero_copy_only=False)
+        chunk_index = np.where(table.column(c.CHUNK_INDEX).is_null().to_numpy(zero_copy_only=False), -1, chunk_index)
+        err = ~table.column(c.ERROR).is_null().to_numpy(zero_copy_only=False)
+        end = table.column(SHARD_END).to_pylist()
+        n_chunks = table.column(N_CHUNKS).to_numpy(zero_copy_only=False)
+        touched = set()
+        for i, path in enumerate(shard):
+            st = self.shards[path]
+            touched.add(path)
+            if end[i] is not None:  # end marker (carries the error of a shard that failed)
+                st.docs_total = end[i]
+                if err[i]:
+                    st.error = table.column(c.ERROR)[i].as_py()
+                    self.shards_failed += 1
+            elif chunk_index[i] < 0:  # a document rejected before chunking
+                st.docs_seen += 1
+                self.docs_read += 1
+                self.docs_failed += 1
+            else:
+                st.chunks_seen += 1
+                if chunk_index[i] == 0:
+                    st.docs_seen += 1
+                    st.chunks_expected += int(n_chunks[i])
+                    self.docs_read += 1
+                if err[i]:
+                    self.chunks_failed += 1
+        is_chunk = (chunk_index >= 0)
+        ok = is_chunk & ~err
+        self.chunks_embedded += int(ok.sum())
+        self.tokens += int(table.column(c.N_TOKENS).to_numpy(zero_copy_only=False)[ok].sum())
+        self.padded_tokens += int(table.column(PADDED_LEN).to_numpy(zero_copy_only=False)[ok].sum())
+        self.truncated_docs += int((table.column(c.TRUNCATED).to_numpy(zero_copy_only=False) & (chunk_index == 0)).sum())
+        return [p for p in touched if self.shards[p].done]
+
+    def shards_done(self) -> int:
+        return sum(1 for s in self.shards.values() if s.done)
+
+    def progress_line(self) -> str:
+        """Documents and shards done, rate and ETA (by bytes of finished shards)."""
+        elapsed = time.monotonic() - self.started
+        done_bytes = sum(s.size for s in self.shards.values() if s.done)
+        rate = self.docs_read / elapsed if elapsed > 0 else 0.0
+        eta = "?"
+        if 0 < done_bytes < self.bytes_total:
+            eta = f"{elapsed * (self.bytes_total - done_bytes) / done_bytes:.0f}s"
+        elif done_bytes >= self.bytes_total:
+            eta = "0s"
+        return (f"progress: {self.docs_read} docs ({self.docs_failed} failed), {self.chunks_embedded} chunks, "
+                f"{self.shards_done()}/{len(self.shards)} shards, {rate:.1f} docs/s, "
+                f"{self.tokens / elapsed if elapsed > 0 else 0:.0f} tokens/s, ETA {eta}")
+
+    def summary(self) -> dict[str, object]:
+        """The run summary promised in the README."""
+        elapsed = time.monotonic() - self.started
+        return {
+            "docs_read": self.docs_read,
+            "chunks_embedded": self.chunks_embedded,
+            "rows_written": self.rows_written,
+            "docs_failed": self.docs_failed,
+            "chunks_failed": self.chunks_failed,
+            "shards": len(self.shards),
+            "shards_done": self.shards_done(),
+            "shards_failed": self.shards_failed,
+            "docs_truncated": self.truncated_docs,
+            "tokens": self.tokens,
+            "elapsed_s": round(elapsed, 3),
+            "docs_per_s": round(self.docs_read / elapsed, 3) if elapsed > 0 else 0.0,
+            "tokens_per_s": round(self.tokens / elapsed, 1) if elapsed > 0 else 0.0,
+            "padding_efficiency": round(self.tokens / self.padded_tokens, 4) if self.padded_tokens else 1.0,
+        }

@@ -1,0 +1,95 @@
+"""``python -m jobs.embed --config FILE [--set key=value ...] [--summary PATH]``
+
+Embeds every document of ``source.uri`` into ``milvus.collection``. Runs unchanged under
+``ray job submit``: it joins the running cluster (``RAY_ADDRESS``, or the job's own) and
+starts a local Ray otherwise.
+
+Exit codes: 0 clean; 3 finished, but some input was rejected (see the summary and the log);
+2 invalid config or input that stops the run before it starts; 1 the run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from jobs.config import ConfigError, JobConfig, describe, load_config, redact
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_REJECTED = 0, 1, 2, 3
+log = logging.getLogger("jobs.embed")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m jobs.embed", description=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML job config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set source.uri=s3://bucket/docs (repeatable)")
+    p.add_argument("--summary", type=Path, help="write the run summary as JSON to this file")
+    p.add_argument("--help-config", action="store_true", help="list every config key with its default and exit")
+    return p.parse_args(argv)
+
+
+def init_ray(cfg: JobConfig) -> None:
+    """Join a cluster when there is one (address, RAY_ADDRESS, or inside a Ray job), else start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    if address or os.environ.get("RAY_JOB_ID"):
+        ray.init(address=address, log_to_driver=True)
+        return
+    # Local Ray: workers import this project from the same checkout.
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": path, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}},
+             include_dashboard=False)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "botocore", "s3fs", "filelock", "transformers", "sentence_transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.help_config:
+        print("\n".join(describe()))
+        return EXIT_OK
+    setup_logging()
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        log.error("invalid config: %s", e)
+        return EXIT_INVALID
+    log.info("config %s", json.dumps(redact(cfg), default=str))
+
+    from cluster import driver
+
+    try:
+        the_plan = driver.plan(cfg)
+    except (ValueError, FileNotFoundError, ImportError) as e:  # source, model, dims, collection schema
+        log.error("cannot start: %s", e)
+        return EXIT_INVALID
+    init_ray(cfg)
+    try:
+        summary = driver.run(cfg, the_plan)
+    except Exception:
+        log.exception("the run failed")
+        return EXIT_FAILED
+    if args.summary:
+        args.summary.parent.mkdir(parents=True, exist_ok=True)
+        args.summary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    rejected = summary["docs_failed"] or summary["chunks_failed"] or summary["shards_failed"]
+    return EXIT_REJECTED if rejected else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
