@@ -29,7 +29,10 @@ class SourceConfig:
         if not self.uri:
             raise ValueError("source.uri is required: a local path, glob, or s3://bucket/prefix")
         choice("source.format", self.format, ("auto", "parquet", "jsonl", "jsonl.gz"))
-        reserved = {"pk", "doc_id", "chunk_index", "text", "dense", "sparse"}
+        if self.read_batch_rows < 1:
+            raise ValueError("source.read_batch_rows must be >= 1")
+        reserved = {"pk", "doc_id", "chunk_index", "text", "dense", "sparse", "_shard", "_row", "_shard_end", "error",
+                    "input_ids", "n_tokens", "n_chunks", "truncated", "sparse_indices", "sparse_values", "padded_len"}
         clash = reserved.intersection(self.metadata_columns)
         if clash:
             raise ValueError(f"source.metadata_columns: {sorted(clash)} are reserved output fields; rename them")
