@@ -102,6 +102,7 @@ def run(cfg: JobConfig, the_plan: Plan) -> dict[str, object]:
             log.info(tracker.progress_line())
             last_log = time.monotonic()
     writer.flush()
+    the_plan.client.close()
     summary = tracker.summary()
     log.info(tracker.progress_line())
     log.info("summary %s", json.dumps(summary))

@@ -71,7 +71,7 @@ class Encoder:
         dtype = resolve_dtype(model.precision, device)
         self.model = load_model(model, self.info, device, dtype)
         self.tokenizer = TextTokenizer(self.info, model, chunking)
-        self.runner = ModelRunner(self.model)
+        self.runner = ModelRunner(self.model, reload_fp32=lambda: load_model(model, self.info, device, _fp32()))
         self.stats = EncodeStats()
         log.info("loaded %s on %s as %s (dim %d, sparse %s)", model.name, device, dtype, self.model.dim,
                  self.model.sparse_head is not None)
@@ -119,6 +119,12 @@ class Encoder:
     def encode_queries(self, texts: list[str]) -> Embeddings:
         """Queries (query prefix or instruction applied), one vector each."""
         return self.embed_ids(self.tokenizer.queries(texts).input_ids)
+
+
+def _fp32():  # noqa: ANN202 - torch.dtype, imported lazily
+    import torch
+
+    return torch.float32
 
 
 def _scatter(parts: list[tuple[np.ndarray, SparseBatch]], n: int) -> SparseBatch:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +27,9 @@ class ForwardOutput:
 class ModelRunner:
     """Runs padded batches through the model; owns the device, dtype and the fp32 fallback copy."""
 
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(self, model: LoadedModel, reload_fp32: Callable[[], LoadedModel]) -> None:
         self.m = model
+        self.reload_fp32 = reload_fp32  # the original fp32 weights, loaded again only if ever needed
         self.pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
         names = getattr(model.tokenizer, "model_input_names", ["input_ids", "attention_mask"])
         self.wants_token_types = "token_type_ids" in names
@@ -51,7 +51,8 @@ class ModelRunner:
 
         ids, mask = self.pad(rows)
         out = self._run(self.m.st, self.m.sparse_head, ids, mask)
-        if self.m.dtype != torch.float32 and not np.isfinite(out.dense).all():
+        finite = np.isfinite(out.dense).all() and (out.token_weights is None or np.isfinite(out.token_weights).all())
+        if self.m.dtype != torch.float32 and not finite:
             log.warning("non-finite vectors in %s; re-running the batch of %d rows in fp32", self.m.dtype, len(rows))
             st32, head32 = self._fp32_copy()
             out = self._run(st32, head32, ids, mask)
@@ -59,12 +60,9 @@ class ModelRunner:
         return out
 
     def _fp32_copy(self) -> tuple[Any, Any]:
-        import torch
-
         if self._fp32 is None:
-            st = copy.deepcopy(self.m.st).to(torch.float32)
-            head = copy.deepcopy(self.m.sparse_head).to(torch.float32) if self.m.sparse_head is not None else None
-            self._fp32 = (st, head)
+            m32 = self.reload_fp32()
+            self._fp32 = (m32.st, m32.sparse_head)
         return self._fp32
 
     def _run(self, st: Any, head: Any, ids: np.ndarray, mask: np.ndarray) -> ForwardOutput:

@@ -53,6 +53,10 @@ class TextTokenizer:
         if size > self.max_len:
             raise ValueError(f"chunking.chunk_tokens {size} exceeds model.max_seq_length {self.max_len}")
         self.window = size
+        fixed = len(self.head) + len(self.tail) + len(self.tok(self.passage_prefix, add_special_tokens=False)["input_ids"])
+        if fixed >= size:
+            raise ValueError(f"chunking.chunk_tokens {size} leaves no room for text after {fixed} special and prefix "
+                             "tokens; raise chunk_tokens or shorten the prefix")
 
     def _special_tokens(self) -> tuple[list[int], list[int]]:
         """The ids the tokenizer puts before and after a single sequence."""
@@ -72,18 +76,19 @@ class TextTokenizer:
     def queries(self, texts: Sequence[str]) -> Chunks:
         """Queries: one chunk each, cut at the model's limit (a query is never split)."""
         policy = ChunkingConfig(long_docs="truncate", overlap=0)
-        return self._tokenize([self.query_text(t) for t in texts], prefix_len=0, policy=policy)
+        return self._tokenize([self.query_text(t) for t in texts], prefix_len=0, policy=policy, window=self.max_len)
 
     def passages(self, texts: Sequence[str]) -> Chunks:
         """Documents: the passage prefix, then windows per ``chunking.long_docs``."""
         prefix = self.passage_prefix
-        return self._tokenize([prefix + t for t in texts], prefix_len=len(prefix), policy=self.chunking)
+        return self._tokenize([prefix + t for t in texts], prefix_len=len(prefix), policy=self.chunking,
+                              window=self.window)
 
-    def _tokenize(self, texts: list[str], prefix_len: int, policy: ChunkingConfig) -> Chunks:
+    def _tokenize(self, texts: list[str], prefix_len: int, policy: ChunkingConfig, window: int) -> Chunks:
         enc = self.tok(texts, add_special_tokens=False, return_offsets_mapping=True,
                        return_attention_mask=False, return_token_type_ids=False)
         head, tail = self.head, self.tail
-        budget = self.window - len(head) - len(tail)
+        budget = window - len(head) - len(tail)
         out = Chunks()
         for i, (ids, offsets) in enumerate(zip(enc["input_ids"], enc["offset_mapping"])):
             text_len = len(texts[i]) - prefix_len
@@ -96,12 +101,15 @@ class TextTokenizer:
                 continue
             if policy.long_docs == "error":
                 out.errors[i] = (f"document has {len(ids) + len(head) + len(tail)} tokens, over the limit of "
-                                 f"{self.window}; set chunking.long_docs to chunk or truncate")
+                                 f"{window}; set chunking.long_docs to chunk or truncate")
                 continue
             # Tokens that spell the prefix are repeated at the start of every window.
             n_prefix = sum(1 for _, end in offsets if end <= prefix_len) if prefix_len else 0
             prefix_ids, body, body_offsets = list(ids[:n_prefix]), ids[n_prefix:], offsets[n_prefix:]
             size = budget - n_prefix
+            if size <= 0:
+                raise ValueError(f"a window of {window} tokens leaves no room for text after the {n_prefix}-token "
+                                 "prefix; raise chunking.chunk_tokens")
             spans = windows(len(body), size, min(policy.overlap, size - 1))
             if policy.long_docs == "truncate":
                 spans = spans[:1]

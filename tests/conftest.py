@@ -61,7 +61,9 @@ def ray_local() -> Iterator[None]:
     """One local Ray for the whole session (2 CPUs, no dashboard)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    env = {"PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
+             runtime_env={"env_vars": env})
     try:
         yield
     finally:

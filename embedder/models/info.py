@@ -56,6 +56,7 @@ def load_model_info(cfg: ModelConfig) -> ModelInfo:
     if limit > model_max:
         raise ValueError(f"model.max_seq_length {limit} exceeds {cfg.name}'s limit {model_max}")
     prompts = read_model_json(path, "config_sentence_transformers.json").get("prompts") or {}
+    tokenizer.model_max_length = 1 << 30  # limits are enforced by chunking, not by the tokenizer's warning
     from embedder.models.loader import find_sparse_head
 
     return ModelInfo(path=path, tokenizer=tokenizer, max_seq_length=limit, prompts=dict(prompts),

