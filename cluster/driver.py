@@ -40,7 +40,8 @@ def plan(cfg: JobConfig) -> Plan:
     Every error found here (bad source, model, dimension or collection schema) stops the run
     before any embedding.
     """
-    from cluster.milvus import CollectionSpec, connect, ensure_collection
+    from cluster.milvus import CollectionSpec, ensure_collection
+    from cluster.milvus.connect import connect
     from embedder.models.info import load_model_info
     from embedder.models.loader import SPARSE_HEAD_FILE, check_dense_dim
 
@@ -88,7 +89,7 @@ def run(cfg: JobConfig, the_plan: Plan) -> dict[str, object]:
     tracker = RunTracker(the_plan.shards)
     last_log = time.monotonic()
     log.info("embedding %d shard(s) into %s (dense %d, sparse %s)", len(the_plan.shards), cfg.milvus.collection,
-             the_plan.dense_dim, the_plan.has_sparse)
+             the_plan.spec.dense_dim, the_plan.spec.has_sparse)
     for batch in build_dataset(cfg, the_plan.shards).iter_batches(batch_format="pyarrow", batch_size=None):
         tracker.observe(batch)
         errors = ~batch.column(c.ERROR).is_null().to_numpy(zero_copy_only=False)

@@ -72,10 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     log.info("config %s", json.dumps(redact(cfg), default=str))
 
     from cluster import driver
+    from cluster.source import SourceError
 
     try:
         the_plan = driver.plan(cfg)
-    except (ValueError, FileNotFoundError, ImportError) as e:  # source, model, dims, collection schema
+    except (ValueError, FileNotFoundError, ImportError, SourceError) as e:  # source, model, dims, collection
         log.error("cannot start: %s", e)
         return EXIT_INVALID
     init_ray(cfg)

@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("invalid config: %s", e)
         return EXIT_INVALID
 
-    from cluster.milvus import connect, search
+    from cluster.milvus.connect import connect
+    from cluster.milvus.search import search
     from embedder.encoder import Encoder
 
     encoder = Encoder(cfg.model, cfg.batch, cfg.chunking)

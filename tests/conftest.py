@@ -68,3 +68,11 @@ def ray_local() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_m3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random XLM-R model folder with CLS pooling, Normalize and ``sparse_linear.pt``."""
+    from tests.tiny_model import build_tiny_m3
+
+    return build_tiny_m3(tmp_path_factory.mktemp("models") / "tiny-m3")

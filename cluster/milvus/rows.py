@@ -1,0 +1,200 @@
+"""Arrow batches (the columns of :mod:`cluster.contract`) to the values pymilvus takes.
+
+Vectors are converted column-wise with numpy (no Python loop per element here). pymilvus'
+MilvusClient only takes rows (one dict per row) and packs each sparse row itself, in Python;
+of the sparse inputs it accepts, a one-row ``scipy.sparse.csr_matrix`` per row is the fastest,
+so that is what :func:`sparse_rows` builds. Measured on 2 shared cores, rows of dense dim 1024 +
+~190 sparse weights + 1.5 kB text: ~160-175 us per row in all (40-47 here, 120-130 in pymilvus)
+with CSR rows, vs ~225-240 us with ``{index: weight}`` dicts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
+
+from cluster import contract as C
+from cluster.milvus.schema import DOC_ID_MAX_LENGTH, METADATA_VARCHAR_MAX_LENGTH, PK_MAX_LENGTH, CollectionSpec
+
+log = logging.getLogger(__name__)
+
+# Milvus refuses empty sparse vectors: an empty one is written as this single negligible weight
+# on token id 0 (a special token, never in a query), so the chunk keeps its dense vector.
+EMPTY_SPARSE_INDEX = 0
+EMPTY_SPARSE_VALUE = float(np.finfo(np.float32).tiny)
+ROW_OVERHEAD_BYTES = 64
+
+
+@dataclass(frozen=True)
+class SparseColumn:
+    """Sparse vectors of a batch in CSR form: row i is indices/values[offsets[i]:offsets[i+1]]."""
+
+    offsets: np.ndarray  # int64, n + 1
+    indices: np.ndarray  # int64
+    values: np.ndarray  # float32
+
+    @property
+    def nnz(self) -> np.ndarray:
+        """Weights per row."""
+        return np.diff(self.offsets)
+
+
+def column(table: pa.Table, name: str) -> pa.Array:
+    """One column as a single contiguous array."""
+    col = table.column(name)
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def dense_matrix(table: pa.Table, dim: int) -> np.ndarray:
+    """The ``dense`` column (list / large_list / fixed_size_list of floats) as an (n, dim) float32 array.
+
+    Raises:
+        ValueError: A vector is null or not ``dim`` long; the message names its pk.
+    """
+    arr = column(table, C.DENSE)
+    n = len(arr)
+    if arr.null_count:
+        bad = table.column(C.PK).filter(pc.is_null(table.column(C.DENSE)))[0].as_py()
+        raise ValueError(f"row {bad!r} has no dense vector: set its `error` instead of passing a null vector")
+    if pa.types.is_fixed_size_list(arr.type):
+        if arr.type.list_size != dim:
+            raise ValueError(f"dense vectors have {arr.type.list_size} dims, the collection has {dim}")
+    else:
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        wrong = np.flatnonzero(lengths != dim)
+        if wrong.size:
+            pk = table.column(C.PK)[int(wrong[0])].as_py()
+            raise ValueError(f"row {pk!r} has a dense vector of {lengths[wrong[0]]} dims, the collection has {dim}")
+    flat = arr.flatten().to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(flat, dtype=np.float32).reshape(n, dim)
+
+
+def sparse_column(table: pa.Table) -> SparseColumn:
+    """``sparse_indices`` / ``sparse_values`` as CSR arrays (a null list = no weights).
+
+    Raises:
+        ValueError: indices and values differ in length on some row; the message names its pk.
+    """
+    idx, val = column(table, C.SPARSE_INDICES), column(table, C.SPARSE_VALUES)
+    li = pc.fill_null(pc.list_value_length(idx), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    lv = pc.fill_null(pc.list_value_length(val), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    wrong = np.flatnonzero(li != lv)
+    if wrong.size:
+        pk = table.column(C.PK)[int(wrong[0])].as_py()
+        raise ValueError(f"row {pk!r} has {li[wrong[0]]} sparse indices but {lv[wrong[0]]} values")
+    offsets = np.zeros(len(li) + 1, dtype=np.int64)
+    np.cumsum(li, out=offsets[1:])
+    indices = idx.flatten().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    values = val.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return SparseColumn(offsets, indices, values)
+
+
+def with_empty_placeholder(sparse: SparseColumn) -> SparseColumn:
+    """Give each empty row the placeholder weight (Milvus rejects empty sparse vectors)."""
+    empty = np.flatnonzero(sparse.nnz == 0)
+    if not empty.size:
+        return sparse
+    log.debug("%d chunk(s) without sparse weights get a negligible placeholder weight", empty.size)
+    at = sparse.offsets[empty]  # insert one entry at the start of each empty row
+    indices = np.insert(sparse.indices, at, EMPTY_SPARSE_INDEX)
+    values = np.insert(sparse.values, at, np.float32(EMPTY_SPARSE_VALUE))
+    bump = np.zeros(len(sparse.offsets), dtype=np.int64)
+    bump[empty + 1] = 1
+    return SparseColumn(sparse.offsets + np.cumsum(bump), indices, values)
+
+
+def sparse_rows(sparse: SparseColumn) -> list[sp.csr_matrix]:
+    """One single-row CSR matrix per row (what pymilvus converts fastest); empty rows get the placeholder."""
+    sparse = with_empty_placeholder(sparse)
+    width = int(sparse.indices.max()) + 1 if sparse.indices.size else 1
+    o = sparse.offsets.tolist()
+    return [sp.csr_matrix((sparse.values[a:b], sparse.indices[a:b], [0, b - a]), shape=(1, width))
+            for a, b in zip(o[:-1], o[1:])]
+
+
+def sparse_lists(sparse: SparseColumn) -> list[dict[str, list]]:
+    """One ``{"indices": [...], "values": [...]}`` per row (the bulk writer's format); empty rows get a placeholder."""
+    sparse = with_empty_placeholder(sparse)
+    o = sparse.offsets.tolist()
+    indices, values = sparse.indices.tolist(), sparse.values.tolist()
+    return [{"indices": indices[a:b], "values": values[a:b]} for a, b in zip(o[:-1], o[1:])]
+
+
+def cut_utf8(values: list[str | None], max_bytes: int) -> list[str | None]:
+    """Cut each string to at most ``max_bytes`` UTF-8 bytes, on a character boundary."""
+    out = list(values)
+    for i, v in enumerate(out):
+        if v is not None and len(v) * 4 > max_bytes and len(v.encode()) > max_bytes:
+            out[i] = v.encode()[:max_bytes].decode("utf-8", errors="ignore")
+    return out
+
+
+def strings(table: pa.Table, name: str, max_bytes: int) -> list[str | None]:
+    """A string column as Python strings, cut to ``max_bytes`` (only the few long ones are touched)."""
+    arr = column(table, name)
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = arr.cast(pa.string())
+    values = arr.to_pylist()
+    lengths = pc.fill_null(pc.binary_length(arr), 0).to_numpy(zero_copy_only=False)
+    if lengths.size and int(lengths.max()) > max_bytes:
+        values = cut_utf8(values, max_bytes)
+    return values
+
+
+def check_keys(table: pa.Table) -> None:
+    """Raise ValueError when a pk or doc_id is null or longer than its VARCHAR field."""
+    for name, limit in ((C.PK, PK_MAX_LENGTH), (C.DOC_ID, DOC_ID_MAX_LENGTH)):
+        arr = column(table, name)
+        if arr.null_count:
+            raise ValueError(f"{arr.null_count} row(s) have a null {name}")
+        lengths = pc.binary_length(arr.cast(pa.string())).to_numpy(zero_copy_only=False)
+        long = np.flatnonzero(lengths > limit)
+        if long.size:
+            raise ValueError(f"{name} {arr[int(long[0])].as_py()[:80]!r}... is {lengths[long[0]]} bytes, Milvus "
+                             f"keeps at most {limit}: shorten the document ids (or mark such rows with an error)")
+
+
+def row_bytes(table: pa.Table, spec: CollectionSpec, sparse: SparseColumn | None) -> np.ndarray:
+    """Estimated request bytes of each row (vectors, strings, numbers, and a fixed overhead)."""
+    n = table.num_rows
+    size = np.full(n, ROW_OVERHEAD_BYTES + spec.dense_dim * 4 + 8 * (1 + len(spec.metadata)), dtype=np.int64)
+    if sparse is not None:
+        size += 8 * np.maximum(sparse.nnz, 1)
+    for name in [C.PK, C.DOC_ID] + ([C.TEXT] if spec.store_text else []) + list(spec.metadata):
+        arr = column(table, name)
+        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+            size += pc.fill_null(pc.binary_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return size
+
+
+def to_rows(table: pa.Table, spec: CollectionSpec, *, sparse_as: str = "csr") -> list[dict[str, object]]:
+    """Row dicts: dense as lists of floats, sparse as 1-row CSR matrices (``MilvusClient.upsert``)
+    or, with ``sparse_as="lists"``, as ``{"indices", "values"}`` dicts (pymilvus' bulk writer).
+
+    ``table`` holds only rows to write (no ``error``); extra columns are ignored.
+    """
+    check_keys(table)
+    cols: dict[str, list[object]] = {
+        C.PK: column(table, C.PK).cast(pa.string()).to_pylist(),
+        C.DOC_ID: column(table, C.DOC_ID).cast(pa.string()).to_pylist(),
+        C.CHUNK_INDEX: column(table, C.CHUNK_INDEX).cast(pa.int64()).to_pylist(),
+    }
+    if spec.store_text:
+        cols[C.TEXT] = [t or "" for t in strings(table, C.TEXT, spec.text_max_length)]
+    # nested lists: pymilvus extends its protobuf from a list faster than from ndarray rows (measured)
+    cols[C.DENSE] = dense_matrix(table, spec.dense_dim).tolist()
+    if spec.has_sparse:
+        sparse = sparse_column(table)
+        cols["sparse"] = sparse_rows(sparse) if sparse_as == "csr" else sparse_lists(sparse)
+    for name, dtype in spec.metadata_types.items():
+        if dtype.name == "VARCHAR":
+            cols[name] = strings(table, name, METADATA_VARCHAR_MAX_LENGTH)
+        else:
+            cols[name] = column(table, name).to_pylist()
+    names = list(cols)
+    return [dict(zip(names, values)) for values in zip(*cols.values())]

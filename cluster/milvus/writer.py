@@ -1,0 +1,162 @@
+"""Upsert embedded chunks into Milvus, in bounded requests, retrying transient failures.
+
+Primary keys are deterministic (``doc_id#chunk_index``), so writes are upserts and a re-run
+(or a retried request) never duplicates a chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import grpc
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pymilvus import MilvusClient, MilvusException, MilvusUnavailableException
+
+from cluster import contract as C
+from cluster.milvus import rows as R
+from cluster.milvus.connect import token_of
+from cluster.milvus.errors import MilvusWriteError, redact, secrets_of
+from cluster.milvus.schema import CollectionSpec
+from cluster.settings import MilvusConfig
+
+log = logging.getLogger(__name__)
+
+_TRANSIENT_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                   grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
+_TRANSIENT_WORDS = ("unavailable", "connection refused", "fail connecting", "failed to connect", "retry timeout",
+                    "deadline exceeded", "rate limit", "connection reset", "socket closed", "not ready")
+_CONNECT_FAILED, _RATE_LIMIT = 2, 8
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether retrying the same request later may succeed (server down, restarting, overloaded)."""
+    if isinstance(error, (MilvusUnavailableException, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(error, grpc.RpcError) and callable(getattr(error, "code", None)):
+        return error.code() in _TRANSIENT_GRPC
+    if isinstance(error, MilvusException):
+        if getattr(error, "is_input_error", False):
+            return False
+        if getattr(error, "retriable", False) or error.code in _TRANSIENT_GRPC:
+            return True
+        if error.code in (_CONNECT_FAILED, _RATE_LIMIT):
+            return True
+        return any(word in str(error.message).lower() for word in _TRANSIENT_WORDS)
+    return False
+
+
+def split_requests(row_bytes: np.ndarray, max_rows: int, max_bytes: int) -> list[tuple[int, int]]:
+    """Cut rows into consecutive ``[start, end)`` requests of at most ``max_rows`` rows and ``max_bytes`` bytes.
+
+    A single row larger than ``max_bytes`` goes alone in its request.
+    """
+    spans: list[tuple[int, int]] = []
+    start, n = 0, len(row_bytes)
+    while start < n:
+        window = np.cumsum(row_bytes[start:start + max_rows])
+        take = max(int(np.searchsorted(window, max_bytes, side="right")), 1)
+        spans.append((start, start + take))
+        start += take
+    return spans
+
+
+class MilvusWriter:
+    """Writes embedded batches into one collection with ``upsert``.
+
+    Rows whose ``error`` column is non-null are skipped (not written, not counted): the caller
+    reports them in the dead-letter output. Pass whole batches; :meth:`write` filters them.
+
+    Args:
+        client: An open client.
+        spec: The collection (already created / checked by ``ensure_collection``).
+        cfg: ``milvus`` settings: write_batch_rows and max_request_bytes bound each request.
+        attempts: Tries per request (and per flush) when the failure is transient.
+        initial_delay: Seconds before the first retry; doubled each retry ...
+        max_delay: ... up to this. The defaults (6 tries, 0.5 s doubling to 8 s) wait ~15 s in
+            all, plus the time the failed requests took.
+        request_timeout: Seconds one request may take (pymilvus also retries inside that time).
+        sleep: Sleep function (tests pass a fake).
+    """
+
+    def __init__(self, client: MilvusClient, spec: CollectionSpec, cfg: MilvusConfig, *, attempts: int = 6,
+                 initial_delay: float = 0.5, max_delay: float = 8.0, request_timeout: float = 60.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be >= 1")
+        self.client, self.spec, self.cfg = client, spec, cfg
+        self.attempts, self.initial_delay, self.max_delay = attempts, initial_delay, max_delay
+        self.request_timeout, self._sleep = request_timeout, sleep
+        self._secrets = secrets_of(token_of(cfg))
+        self.rows_written = 0
+        self.requests = 0
+        self.retries = 0
+
+    def _needed(self) -> tuple[str, ...]:
+        spec = self.spec
+        cols = [C.PK, C.DOC_ID, C.CHUNK_INDEX, C.DENSE] + ([C.TEXT] if spec.store_text else [])
+        cols += [C.SPARSE_INDICES, C.SPARSE_VALUES] if spec.has_sparse else []
+        return tuple(cols + list(spec.metadata))
+
+    def write(self, table: pa.Table) -> int:
+        """Upsert the rows of ``table`` that have no error.
+
+        Args:
+            table: Columns pk, doc_id, chunk_index, dense (list<float32> or fixed_size_list), text
+                (when stored), sparse_indices / sparse_values (when the collection has sparse) and
+                the metadata columns; others (``_shard``, ``n_tokens``, ...) are ignored.
+
+        Returns:
+            Rows written (rows with an ``error`` excluded).
+
+        Raises:
+            KeyError: A needed column is missing.
+            ValueError: Bad data (dense dim, null or too long pk); nothing of this batch is written.
+            MilvusWriteError: A request failed permanently or after all retries; earlier requests of
+                the batch are written (upserts: writing the batch again is safe).
+        """
+        C.require_columns("milvus writer", table.column_names, self._needed())
+        if C.ERROR in table.column_names:
+            table = table.filter(pc.is_null(table.column(C.ERROR)))
+        if table.num_rows == 0:
+            return 0
+        R.check_keys(table)
+        R.dense_matrix(table, self.spec.dense_dim)  # refuse bad vectors before writing any request
+        sizes = R.row_bytes(table, self.spec, R.sparse_column(table) if self.spec.has_sparse else None)
+        for start, end in split_requests(sizes, self.cfg.write_batch_rows, self.cfg.max_request_bytes):
+            batch = R.to_rows(table.slice(start, end - start), self.spec)  # one request's rows at a time
+            what = f"upsert of {len(batch)} rows ({batch[0][C.PK]!r} .. {batch[-1][C.PK]!r})"
+            self._call(what, lambda b=batch: self.client.upsert(self.spec.name, b, timeout=self.request_timeout))
+            self.requests += 1
+            self.rows_written += len(batch)
+        return table.num_rows
+
+    def flush(self) -> None:
+        """Seal what was written, so that it is persisted and counted (call once at the end)."""
+        self._call("flush", lambda: self.client.flush(self.spec.name, timeout=self.request_timeout))
+
+    def _call(self, what: str, fn: Callable[[], object]) -> object:
+        delay, started = self.initial_delay, time.monotonic()
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn()
+            except Exception as e:  # noqa: BLE001 - classified below
+                detail = redact(f"{type(e).__name__}: {getattr(e, 'message', None) or e}", self._secrets)
+                if not is_transient(e):
+                    raise MilvusWriteError(f"{what} into '{self.spec.name}' failed: {detail}. This is not "
+                                           "transient: check the rows and the collection schema") from e
+                if attempt == self.attempts:
+                    spent = time.monotonic() - started
+                    raise MilvusWriteError(f"{what} into '{self.spec.name}' still failed after {attempt} attempts "
+                                           f"over {spent:.0f} s: {detail}. Check that Milvus at "
+                                           f"{redact(self.cfg.uri, self._secrets)} is up and reachable; "
+                                           "the job can be re-run safely (writes are upserts)") from e
+                log.warning("%s failed (attempt %d/%d, retrying in %.1f s): %s", what, attempt, self.attempts,
+                            delay, detail)
+                self.retries += 1
+                self._sleep(delay)
+                delay = min(delay * 2, self.max_delay)
+        raise AssertionError("unreachable")
