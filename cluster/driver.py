@@ -82,10 +82,13 @@ def metadata_types(cfg: JobConfig, shards: list[Shard]) -> dict[str, pa.DataType
 
 def run(cfg: JobConfig, the_plan: Plan) -> dict[str, object]:
     """Stream the dataset, write rows, report errors; returns the summary."""
-    from cluster.milvus import MilvusWriter
+    from cluster.milvus import BulkFileWriter, MilvusWriter, run_import
     from cluster.pipeline import build_dataset
 
-    writer = MilvusWriter(the_plan.client, the_plan.spec, cfg.milvus)
+    bulk = cfg.milvus.mode == "bulk_import"
+    # bulk_import: parquet import files in the server's bucket, imported at the end (insert, not upsert).
+    writer = BulkFileWriter(the_plan.spec, cfg.milvus) if bulk else MilvusWriter(the_plan.client, the_plan.spec,
+                                                                                 cfg.milvus)
     tracker = RunTracker(the_plan.shards)
     last_log = time.monotonic()
     log.info("embedding %d shard(s) into %s (dense %d, sparse %s)", len(the_plan.shards), cfg.milvus.collection,
@@ -102,7 +105,12 @@ def run(cfg: JobConfig, the_plan: Plan) -> dict[str, object]:
         if time.monotonic() - last_log >= cfg.log_every_s:
             log.info(tracker.progress_line())
             last_log = time.monotonic()
-    writer.flush()
+    if bulk:
+        files = writer.close()
+        log.info("importing %d bulk file(s) into %s", len(files), cfg.milvus.collection)
+        run_import(cfg.milvus, files, collection=cfg.milvus.collection)
+    else:
+        writer.flush()
     the_plan.client.close()
     summary = tracker.summary()
     log.info(tracker.progress_line())

@@ -35,7 +35,7 @@ class SourceConfig:
                     "input_ids", "n_tokens", "n_chunks", "truncated", "sparse_indices", "sparse_values", "padded_len"}
         clash = reserved.intersection(self.metadata_columns)
         if clash:
-            raise ValueError(f"source.metadata_columns: {sorted(clash)} are reserved output fields; rename them")
+            raise ValueError(f"source.metadata_columns: {sorted(clash)} clash with reserved output fields; rename them")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +80,14 @@ class MilvusConfig:
         if not self.collection or not self.collection.replace("_", "a").isalnum() or self.collection[0].isdigit():
             raise ValueError(f"milvus.collection {self.collection!r}: use letters, digits and '_' "
                              "(not starting with a digit)")
+        if self.is_lite and not self.uri.endswith(".db"):
+            raise ValueError(f"milvus.uri {self.uri!r}: a milvus-lite path must end in .db "
+                             "(or use http(s)://host:port for a server)")
+        if not 1 <= self.text_max_length <= 65535:
+            raise ValueError("milvus.text_max_length must be between 1 and 65535")
+        if self.mode == "bulk_import" and self.is_lite:
+            raise ValueError("milvus.mode bulk_import needs a Milvus server (milvus-lite has no import); "
+                             "use mode: upsert with a local path")
         if self.mode == "bulk_import" and not self.bulk_uri:
             raise ValueError("milvus.mode bulk_import needs milvus.bulk_uri (s3://bucket/prefix the server can read)")
 

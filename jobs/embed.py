@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         the_plan = driver.plan(cfg)
-    except (ValueError, FileNotFoundError, ImportError, SourceError) as e:  # source, model, dims, collection
+    except (ValueError, TypeError, FileNotFoundError, ImportError, SourceError) as e:  # source, model, dims, schema
         log.error("cannot start: %s", e)
         return EXIT_INVALID
     init_ray(cfg)

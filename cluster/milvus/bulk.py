@@ -117,7 +117,7 @@ class BulkFileWriter:
         local_dir: Scratch folder for files before upload (default: a new temp folder, removed on close).
     """
 
-    def __init__(self, spec: CollectionSpec, cfg: MilvusConfig, *, chunk_mb: int = 256,
+    def __init__(self, spec: CollectionSpec, cfg: MilvusConfig, *, chunk_mb: float = 256,
                  local_dir: str | None = None) -> None:
         if not cfg.bulk_uri:
             raise ValueError("milvus.bulk_uri is required for bulk files (s3://bucket/prefix)")
@@ -128,16 +128,14 @@ class BulkFileWriter:
         self._scratch = None if local_dir else tempfile.mkdtemp(prefix="milvus-bulk-")
         root = os.path.join(local_dir or self._scratch, "files")
         try:
-            self._writer = RemoteBulkWriter(schema=build_schema(spec), remote_path=prefix,
-                                            connect_param=param,
-                                            chunk_size=1 << 62, file_type=BulkFileType.PARQUET,
-                                            local_path=root)
+            self._writer = RemoteBulkWriter(schema=build_schema(spec), remote_path=prefix, connect_param=param,
+                                            chunk_size=1 << 62, file_type=BulkFileType.PARQUET, local_path=root)
         except Exception as e:
             raise BulkImportError(f"cannot prepare bulk files under {cfg.bulk_uri}: {e}; check "
                                   "milvus.bulk_storage_options (endpoint_url, key, secret)") from e
         # pymilvus flushes full buffers in a thread whose errors are only logged: this class commits
         # itself (chunk_size above is never reached) and checks that each commit uploaded a file.
-        self.chunk_bytes = chunk_mb * MB
+        self.chunk_bytes = int(chunk_mb * MB)
         self.bucket, self.rows_written = bucket, 0
         self._files: list[list[str]] | None = None
 
@@ -145,6 +143,7 @@ class BulkFileWriter:
         """Buffer the rows of ``table`` without an error (files are uploaded as buffers fill); returns their count."""
         if self._files is not None:
             raise RuntimeError("BulkFileWriter is closed")
+        C.require_columns("milvus bulk writer", table.column_names, R.needed_columns(self.spec))
         if C.ERROR in table.column_names:
             table = table.filter(pc.is_null(table.column(C.ERROR)))
         if table.num_rows == 0:

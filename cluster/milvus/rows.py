@@ -44,6 +44,13 @@ class SparseColumn:
         return np.diff(self.offsets)
 
 
+def needed_columns(spec: CollectionSpec) -> tuple[str, ...]:
+    """The batch columns a writer needs for ``spec``."""
+    cols = [C.PK, C.DOC_ID, C.CHUNK_INDEX, C.DENSE] + ([C.TEXT] if spec.store_text else [])
+    cols += [C.SPARSE_INDICES, C.SPARSE_VALUES] if spec.has_sparse else []
+    return tuple(cols + list(spec.metadata))
+
+
 def column(table: pa.Table, name: str) -> pa.Array:
     """One column as a single contiguous array."""
     col = table.column(name)

@@ -95,12 +95,6 @@ class MilvusWriter:
         self.requests = 0
         self.retries = 0
 
-    def _needed(self) -> tuple[str, ...]:
-        spec = self.spec
-        cols = [C.PK, C.DOC_ID, C.CHUNK_INDEX, C.DENSE] + ([C.TEXT] if spec.store_text else [])
-        cols += [C.SPARSE_INDICES, C.SPARSE_VALUES] if spec.has_sparse else []
-        return tuple(cols + list(spec.metadata))
-
     def write(self, table: pa.Table) -> int:
         """Upsert the rows of ``table`` that have no error.
 
@@ -118,7 +112,7 @@ class MilvusWriter:
             MilvusWriteError: A request failed permanently or after all retries; earlier requests of
                 the batch are written (upserts: writing the batch again is safe).
         """
-        C.require_columns("milvus writer", table.column_names, self._needed())
+        C.require_columns("milvus writer", table.column_names, R.needed_columns(self.spec))
         if C.ERROR in table.column_names:
             table = table.filter(pc.is_null(table.column(C.ERROR)))
         if table.num_rows == 0:

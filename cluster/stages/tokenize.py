@@ -10,6 +10,7 @@ import pickle
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cluster import contract as c
 from cluster.stages.arrow import SHARD_END, is_payload, list_array
@@ -29,10 +30,25 @@ def get_tokenizer(model: ModelConfig, chunking: ChunkingConfig) -> TextTokenizer
     return _CACHE[key]
 
 
+MAX_ID_BYTES = 500  # Milvus pk/doc_id are VARCHAR(512); the pk adds "#<chunk_index>"
+
+
+def reject_long_ids(table: pa.Table) -> pa.Table:
+    """Mark documents whose id cannot be a Milvus primary key."""
+    ids = table.column(c.DOC_ID)
+    too_long = pc.fill_null(pc.greater(pc.binary_length(ids), MAX_ID_BYTES), False)
+    if not pc.any(too_long).as_py():
+        return table
+    reason = pa.scalar(f"doc_id longer than {MAX_ID_BYTES} bytes; shorten the ids (Milvus keys are VARCHAR(512))")
+    errors = pc.if_else(pc.and_(too_long, pc.is_null(table.column(c.ERROR))), reason, table.column(c.ERROR))
+    return table.set_column(table.schema.get_field_index(c.ERROR), c.ERROR, errors)
+
+
 def tokenize_docs(table: pa.Table, *, model: ModelConfig, chunking: ChunkingConfig) -> pa.Table:
     """Add pk, chunk_index, input_ids, n_tokens, n_chunks, truncated; chunk texts replace doc texts."""
     c.require_columns("tokenize", table.column_names, c.READ_COLUMNS)
     tok = get_tokenizer(model, chunking)
+    table = reject_long_ids(table)
     payload = np.flatnonzero(is_payload(table))
     texts = table.column(c.TEXT).to_pylist()
     chunks = tok.passages([texts[i] for i in payload])

@@ -169,6 +169,5 @@ def test_import_start_errors_hide_the_token() -> None:
     assert "TopSecret1" not in str(info.value)
     with pytest.raises(BulkImportError, match="no files"):
         run_import(cfg_server(), [[]], transport=FakeRest([]))
-    lite = MilvusConfig(uri="./x.db", mode="bulk_import", bulk_uri="s3://b/p")
-    with pytest.raises(BulkImportError, match="milvus-lite cannot import"):
-        run_import(lite, [["f.parquet"]], transport=FakeRest([]))
+    with pytest.raises(ValueError, match="bulk_import needs a Milvus server"):
+        MilvusConfig(uri="./x.db", mode="bulk_import", bulk_uri="s3://b/p")
