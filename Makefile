@@ -32,9 +32,9 @@ demo: model sample
 	rm -rf .cache/demo
 	$(PY) -m jobs.embed --config jobs/configs/demo.yaml --summary .cache/demo/summary.json
 	@echo; echo "== English query, hits in every language =="
-	$(PY) -m jobs.search --config jobs/configs/demo.yaml --top-k 8 "How do I restart my wifi router?"
+	$(PY) -m jobs.search --config jobs/configs/demo.yaml --top-k 8 --format table "How do I restart my wifi router?"
 	@echo; echo "== Japanese query =="
-	$(PY) -m jobs.search --config jobs/configs/demo.yaml --top-k 5 "コーヒーメーカーの水垢を取る方法"
+	$(PY) -m jobs.search --config jobs/configs/demo.yaml --top-k 5 --format table "コーヒーメーカーの水垢を取る方法"
 
 test: install
 	$(PY) -m pytest

@@ -95,3 +95,32 @@ class MilvusConfig:
     def is_lite(self) -> bool:
         """True when uri is a local file path (milvus-lite)."""
         return not self.uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointConfig:
+    """The per-shard manifest that makes runs resumable and incremental."""
+
+    uri: str | None = doc("Folder or s3://bucket/prefix of the manifest. A shard is recorded only after its rows "
+                          "are flushed to Milvus; a re-run skips recorded shards whose size and etag/mtime are "
+                          "unchanged. Empty = no manifest (re-runs redo everything; upserts keep rows unique).",
+                          "./embed-state/checkpoints")
+    storage_options: dict[str, object] = doc("s3fs options for an s3:// manifest (default: source.storage_options).",
+                                             default_factory=dict, secret=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErrorsConfig:
+    """What happens to input that cannot be embedded."""
+
+    on_error: Literal["skip", "fail"] = doc("skip: report rejected documents/shards and go on; fail: stop the run "
+                                            "at the first one (the manifest keeps finished shards).", "skip")
+    max_error_ratio: float = doc("Fail the run when more than this share of documents is rejected (checked "
+                                 "after 1000 documents and at the end).", 0.1)
+    uri: str | None = doc("Folder or s3://bucket/prefix for the dead-letter jsonl files (shard, row, doc_id, "
+                          "reason). Empty = log only.", "./embed-state/errors")
+
+    def __post_init__(self) -> None:
+        choice("errors.on_error", self.on_error, ("skip", "fail"))
+        if not 0 <= self.max_error_ratio <= 1:
+            raise ValueError("errors.max_error_ratio must be between 0 and 1")

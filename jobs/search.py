@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--mode", choices=("dense", "sparse", "hybrid"), default=None,
                    help="default: hybrid when the collection has sparse vectors, else dense")
+    p.add_argument("--format", choices=("json", "table"), default="json",
+                   help="json: one JSON object per line (default); table: rank, score, doc_id, language, text")
     p.add_argument("query", nargs="+", help="query text (several arguments are joined by spaces)")
     args = p.parse_args(argv)
     setup_logging()
@@ -50,10 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     if not client.has_collection(cfg.milvus.collection):
         log.error("collection %r does not exist; run python -m jobs.embed first", cfg.milvus.collection)
         return EXIT_INVALID
+    client.load_collection(cfg.milvus.collection)  # a no-op when loaded; a fresh milvus-lite opens it released
     hits = search(client, cfg.milvus.collection, dense=emb.dense[0], sparse=sparse, mode=mode, top_k=args.top_k,
                   output_fields=None)
-    for hit in hits:
-        print(json.dumps(hit, ensure_ascii=False, default=str))
+    for rank, hit in enumerate(hits, 1):
+        if args.format == "json":
+            print(json.dumps(hit, ensure_ascii=False, default=str))
+        else:
+            lang = (hit.get("metadata") or {}).get("lang", "")
+            text = " ".join(str(hit.get("text") or "").split())
+            print(f"{rank:>2}  {hit['score']:.4f}  {hit['doc_id'] + '#' + str(hit['chunk_index']):<34} {lang:<3} "
+                  f"{text[:70]}")
     return EXIT_OK
 
 
