@@ -101,3 +101,21 @@ class Manifest:
         for suffix in (".json", ".ids"):
             if self.fs.exists(base + suffix):
                 self.fs.rm(base + suffix)
+
+    def run_finished(self) -> bool:
+        """True when the last run of this identity finished (a full run then starts over)."""
+        return self.fs.exists(f"{self.root}/finished.json")
+
+    def set_finished(self, finished: bool, summary: dict[str, Any] | None = None) -> None:
+        path = f"{self.root}/finished.json"
+        if finished:
+            self._put(path, json.dumps({"finished_at": time.time(), "summary": summary or {}}, sort_keys=True))
+        elif self.fs.exists(path):
+            self.fs.rm(path)
+
+    def reset(self) -> None:
+        """Forget every shard (a new full run)."""
+        self.fs.invalidate_cache(f"{self.root}/shards")
+        for path in self.fs.glob(f"{self.root}/shards/*"):
+            self.fs.rm(path)
+        self.set_finished(False)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from cluster import contract as c
+from cluster.checkpoint import Manifest, job_identity
+from cluster.deadletter import DeadLetter
 from cluster.progress import RunTracker
 from cluster.source import Shard, ShardError, list_shards, read_shard
 from cluster.stages.arrow import SHARD_END
@@ -29,9 +31,13 @@ log = logging.getLogger("jobs.embed")
 class Plan:
     """What the run will do, settled before any embedding."""
 
-    shards: list[Shard]
+    shards: list[Shard]  # to process now
     spec: Any  # cluster.milvus.CollectionSpec
     client: Any  # pymilvus.MilvusClient, owned by the driver
+    manifest: Manifest | None = None
+    skipped: int = 0  # shards the manifest records as finished and unchanged
+    previous: dict[str, dict[str, Any]] = field(default_factory=dict)  # manifest records of this identity
+    vanished: list[str] = field(default_factory=list)  # recorded shards no longer in the source
 
 
 def plan(cfg: JobConfig) -> Plan:
@@ -62,7 +68,22 @@ def plan(cfg: JobConfig) -> Plan:
                           metadata=metadata_types(cfg, shards))
     client = connect(cfg.milvus)
     ensure_collection(client, spec)
-    return Plan(shards=shards, spec=spec, client=client)
+    if not cfg.checkpoint.uri:
+        return Plan(shards=shards, spec=spec, client=client)
+    manifest = Manifest(cfg.checkpoint.uri, cfg.checkpoint.storage_options or cfg.source.storage_options,
+                        job_identity(cfg))
+    if cfg.mode == "full" and manifest.run_finished():
+        log.info("the previous full run finished: starting over (mode: incremental skips unchanged shards)")
+        manifest.reset()
+    previous = manifest.records()
+    todo = [s for s in shards if not Manifest.unchanged(previous.get(s.path), s)]
+    listed = {s.path for s in shards}
+    vanished = [p for p in previous if p not in listed]
+    if len(todo) < len(shards):
+        log.info("manifest %s: %d of %d shard(s) already done and unchanged, skipped", manifest.uri,
+                 len(shards) - len(todo), len(shards))
+    return Plan(shards=todo, spec=spec, client=client, manifest=manifest, skipped=len(shards) - len(todo),
+                previous=previous, vanished=vanished)
 
 
 def metadata_types(cfg: JobConfig, shards: list[Shard]) -> dict[str, pa.DataType]:
@@ -80,8 +101,12 @@ def metadata_types(cfg: JobConfig, shards: list[Shard]) -> dict[str, pa.DataType
     raise ValueError("no readable shard to take the metadata column types from")
 
 
+class RejectedInput(RuntimeError):
+    """errors.on_error is fail, or more input was rejected than errors.max_error_ratio allows."""
+
+
 def run(cfg: JobConfig, the_plan: Plan) -> dict[str, object]:
-    """Stream the dataset, write rows, report errors; returns the summary."""
+    """Stream the dataset, write rows, record finished shards, report rejects; returns the summary."""
     from cluster.milvus import BulkFileWriter, MilvusWriter, run_import
     from cluster.pipeline import build_dataset
 
@@ -90,32 +115,102 @@ def run(cfg: JobConfig, the_plan: Plan) -> dict[str, object]:
     writer = BulkFileWriter(the_plan.spec, cfg.milvus) if bulk else MilvusWriter(the_plan.client, the_plan.spec,
                                                                                  cfg.milvus)
     tracker = RunTracker(the_plan.shards)
+    tracker.shards_skipped = the_plan.skipped
+    dead = DeadLetter(cfg.errors.uri, cfg.source.storage_options, time.strftime("%Y%m%dT%H%M%S"))
+    by_path = {s.path: s for s in the_plan.shards}
+    finished: list[str] = []  # shards complete in the stream, recorded once their rows are flushed
     last_log = time.monotonic()
     log.info("embedding %d shard(s) into %s (dense %d, sparse %s)", len(the_plan.shards), cfg.milvus.collection,
              the_plan.spec.dense_dim, the_plan.spec.has_sparse)
-    for batch in build_dataset(cfg, the_plan.shards).iter_batches(batch_format="pyarrow", batch_size=None):
-        tracker.observe(batch)
-        errors = ~batch.column(c.ERROR).is_null().to_numpy(zero_copy_only=False)
-        payload = ~errors & batch.column(SHARD_END).is_null().to_numpy(zero_copy_only=False)
-        if payload.any():
-            tracker.rows_written += writer.write(batch.filter(pa.array(payload)))
-        for row in batch.filter(pa.array(errors)).select([c.SHARD, c.ROW, c.DOC_ID, c.ERROR]).to_pylist():
-            log.warning("rejected: shard=%s row=%s doc_id=%s: %s", row[c.SHARD], row[c.ROW], row[c.DOC_ID],
-                        row[c.ERROR])
-        if time.monotonic() - last_log >= cfg.log_every_s:
-            log.info(tracker.progress_line())
-            last_log = time.monotonic()
-    if bulk:
-        files = writer.close()
-        log.info("importing %d bulk file(s) into %s", len(files), cfg.milvus.collection)
-        run_import(cfg.milvus, files, collection=cfg.milvus.collection)
-    else:
-        writer.flush()
-    the_plan.client.close()
+    try:
+        if the_plan.shards:
+            for batch in build_dataset(cfg, the_plan.shards).iter_batches(batch_format="pyarrow", batch_size=None):
+                done = tracker.observe(batch)
+                errors = ~batch.column(c.ERROR).is_null().to_numpy(zero_copy_only=False)
+                payload = ~errors & batch.column(SHARD_END).is_null().to_numpy(zero_copy_only=False)
+                if payload.any():
+                    tracker.rows_written += writer.write(batch.filter(pa.array(payload)))
+                if errors.any():
+                    report_rejects(cfg, batch.filter(pa.array(errors)), dead)
+                check_error_ratio(cfg, tracker, final=False)
+                finished.extend(done)
+                if finished and not bulk:
+                    writer.flush()
+                    record(the_plan, tracker, by_path, finished)
+                if time.monotonic() - last_log >= cfg.log_every_s:
+                    log.info(tracker.progress_line())
+                    last_log = time.monotonic()
+        if bulk:
+            files = writer.close()
+            log.info("importing %d bulk file(s) into %s", len(files), cfg.milvus.collection)
+            run_import(cfg.milvus, files, collection=cfg.milvus.collection)
+        else:
+            writer.flush()
+        record(the_plan, tracker, by_path, finished)
+        if cfg.delete_missing:
+            delete_missing(the_plan, tracker)
+        check_error_ratio(cfg, tracker, final=True)
+    finally:
+        files = dead.close()
+        if files:
+            log.warning("%d rejected row(s) written to %s", dead.count, ", ".join(files))
+        the_plan.client.close()
     summary = tracker.summary()
+    if the_plan.manifest is not None and summary["shards_done"] == len(the_plan.shards):
+        the_plan.manifest.set_finished(True, summary)
     log.info(tracker.progress_line())
     log.info("summary %s", json.dumps(summary))
     return summary
 
 
-__all__ = ["Plan", "plan", "run"]
+def record(the_plan: Plan, tracker: RunTracker, by_path: dict[str, Shard], finished: list[str]) -> None:
+    """Write the manifest entries of shards whose rows are flushed; duplicates and stale ids counted here."""
+    for path in finished:
+        ids = tracker.finish_shard(path)
+        st = tracker.shards[path]
+        if the_plan.manifest is not None:
+            old = the_plan.previous.get(path)
+            if old is not None:  # a changed shard: ids that left it are deleted later (delete_missing)
+                gone = set(the_plan.manifest.doc_ids(path)) - set(ids)
+                if gone:
+                    tracker.stale_ids.extend(sorted(gone))
+            the_plan.manifest.mark_done(by_path[path], {"docs": st.docs_total, "chunks": st.chunks_seen,
+                                                        "error": st.error}, ids)
+    finished.clear()
+
+
+def delete_missing(the_plan: Plan, tracker: RunTracker) -> None:
+    """Incremental: remove documents whose shard vanished or that left a changed shard."""
+    ids = list(tracker.stale_ids)
+    for path in the_plan.vanished:
+        ids.extend(the_plan.manifest.doc_ids(path))
+    for start in range(0, len(ids), 1000):
+        part = ids[start:start + 1000]
+        the_plan.client.delete(the_plan.spec.name, filter=f"doc_id in {json.dumps(part, ensure_ascii=False)}")
+    if ids:
+        log.info("deleted the chunks of %d document(s) no longer in the source", len(ids))
+    tracker.docs_deleted = len(ids)
+    for path in the_plan.vanished:
+        the_plan.manifest.forget(path)
+
+
+def report_rejects(cfg: JobConfig, rejected: pa.Table, dead: DeadLetter) -> None:
+    """Log and dead-letter rejected rows; with errors.on_error=fail, stop the run."""
+    rows = [{"shard": r[c.SHARD], "row": r[c.ROW], "doc_id": r[c.DOC_ID], "reason": r[c.ERROR]}
+            for r in rejected.select([c.SHARD, c.ROW, c.DOC_ID, c.ERROR]).to_pylist()]
+    for r in rows[:20]:
+        log.warning("rejected: shard=%s row=%s doc_id=%s: %s", r["shard"], r["row"], r["doc_id"], r["reason"])
+    dead.add(rows)
+    if cfg.errors.on_error == "fail":
+        raise RejectedInput(f"rejected input with errors.on_error=fail: shard={rows[0]['shard']} "
+                            f"row={rows[0]['row']} doc_id={rows[0]['doc_id']}: {rows[0]['reason']}")
+
+
+def check_error_ratio(cfg: JobConfig, tracker: RunTracker, *, final: bool) -> None:
+    read = tracker.docs_read
+    if read and (final or read >= 1000) and tracker.docs_failed / read > cfg.errors.max_error_ratio:
+        raise RejectedInput(f"{tracker.docs_failed} of {read} documents rejected, more than errors.max_error_ratio="
+                            f"{cfg.errors.max_error_ratio}; see the dead-letter files under {cfg.errors.uri}")
+
+
+__all__ = ["Plan", "RejectedInput", "plan", "run"]

@@ -30,7 +30,8 @@ def build_dataset(cfg: JobConfig, shards: list[Shard]) -> ray.data.Dataset:
                         batch_format="pyarrow", num_cpus=0.5)
     ds = ds.map_batches(
         EmbedStage,
-        fn_constructor_kwargs={"model": cfg.model, "batch": cfg.batch, "chunking": cfg.chunking},
+        fn_constructor_kwargs={"model": cfg.model, "batch": cfg.batch, "chunking": cfg.chunking,
+                               "inject_exit": cfg.cluster.inject_actor_exit},
         compute=ray.data.ActorPoolStrategy(size=cfg.cluster.workers),
         num_gpus=cfg.cluster.gpus_per_worker or None,
         num_cpus=cfg.cluster.cpus_per_worker,

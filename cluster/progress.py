@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +21,7 @@ class ShardState:
     """What has arrived of one shard; it is done when every document and chunk has."""
 
     size: int
+    doc_ids: list[str] = field(default_factory=list)  # ids seen while the shard is in flight
     docs_total: int | None = None
     docs_seen: int = 0
     chunks_expected: int = 0
@@ -41,7 +43,9 @@ class RunTracker:
         self.bytes_total = sum(s.size for s in shards) or 1
         self.docs_read = self.docs_failed = self.chunks_embedded = self.chunks_failed = 0
         self.rows_written = self.tokens = self.padded_tokens = self.truncated_docs = 0
-        self.shards_failed = 0
+        self.shards_failed = self.shards_skipped = self.duplicate_ids = self.docs_deleted = 0
+        self.stale_ids: list[str] = []  # ids that left a changed shard (incremental deletes)
+        self._seen_ids = np.zeros(0, dtype=np.uint64)  # hashes of the ids of finished shards (8 bytes each)
 
     def observe(self, table: pa.Table) -> list[str]:
         """Count one batch from the pipeline; returns the shards it completed."""
@@ -51,6 +55,7 @@ class RunTracker:
         err = ~table.column(c.ERROR).is_null().to_numpy(zero_copy_only=False)
         end = table.column(SHARD_END).to_pylist()
         n_chunks = table.column(N_CHUNKS).to_numpy(zero_copy_only=False)
+        doc_ids = table.column(c.DOC_ID).to_pylist()
         touched = set()
         for i, path in enumerate(shard):
             st = self.shards[path]
@@ -62,12 +67,15 @@ class RunTracker:
                     self.shards_failed += 1
             elif chunk_index[i] < 0:  # a document rejected before chunking
                 st.docs_seen += 1
+                if doc_ids[i] is not None:
+                    st.doc_ids.append(doc_ids[i])
                 self.docs_read += 1
                 self.docs_failed += 1
             else:
                 st.chunks_seen += 1
                 if chunk_index[i] == 0:
                     st.docs_seen += 1
+                    st.doc_ids.append(doc_ids[i])
                     st.chunks_expected += int(n_chunks[i])
                     self.docs_read += 1
                 if err[i]:
@@ -79,6 +87,18 @@ class RunTracker:
         self.padded_tokens += int(table.column(PADDED_LEN).to_numpy(zero_copy_only=False)[ok].sum())
         self.truncated_docs += int((table.column(c.TRUNCATED).to_numpy(zero_copy_only=False) & (chunk_index == 0)).sum())
         return [p for p in touched if self.shards[p].done]
+
+    def finish_shard(self, path: str) -> list[str]:
+        """Count duplicate ids of a finished shard (inside it and against earlier shards); returns its ids."""
+        st = self.shards[path]
+        ids = st.doc_ids
+        unique = set(ids)
+        self.duplicate_ids += len(ids) - len(unique)
+        hashes = np.fromiter((_id_hash(d) for d in unique), dtype=np.uint64, count=len(unique))
+        self.duplicate_ids += int(np.isin(hashes, self._seen_ids, assume_unique=True).sum())
+        self._seen_ids = np.union1d(self._seen_ids, hashes)
+        st.doc_ids = []
+        return ids
 
     def shards_done(self) -> int:
         return sum(1 for s in self.shards.values() if s.done)
@@ -109,10 +129,17 @@ class RunTracker:
             "shards": len(self.shards),
             "shards_done": self.shards_done(),
             "shards_failed": self.shards_failed,
+            "shards_skipped": self.shards_skipped,
             "docs_truncated": self.truncated_docs,
+            "duplicate_ids": self.duplicate_ids,
+            "docs_deleted": self.docs_deleted,
             "tokens": self.tokens,
             "elapsed_s": round(elapsed, 3),
             "docs_per_s": round(self.docs_read / elapsed, 3) if elapsed > 0 else 0.0,
             "tokens_per_s": round(self.tokens / elapsed, 1) if elapsed > 0 else 0.0,
             "padding_efficiency": round(self.tokens / self.padded_tokens, 4) if self.padded_tokens else 1.0,
         }
+
+
+def _id_hash(doc_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "little")

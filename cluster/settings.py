@@ -48,6 +48,8 @@ class ClusterConfig:
     cpus_per_worker: float = doc("CPUs requested by each embedding actor.", 1.0)
     rows_per_task: int = doc("Chunks handed to an embedding actor at a time; the actor packs them "
                              "into token-budget batches.", 512)
+    inject_actor_exit: str | None = doc("Fault injection for tests: a marker file path; the first embed actor to "
+                                        "find it missing creates it and exits in the middle of its second batch.")
 
     def __post_init__(self) -> None:
         if self.workers < 1:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from cluster.settings import ClusterConfig, MilvusConfig, SourceConfig
+from cluster.settings import CheckpointConfig, ClusterConfig, ErrorsConfig, MilvusConfig, SourceConfig
 from embedder.settings import BatchConfig, ChunkingConfig, ModelConfig, doc
 
 SECRET_WORDS = ("token", "secret", "password", "key")
@@ -37,6 +37,13 @@ class JobConfig:
     chunking: ChunkingConfig = doc("Long-document policy.", default_factory=ChunkingConfig)
     cluster: ClusterConfig = doc("Ray layout.", default_factory=ClusterConfig)
     milvus: MilvusConfig = doc("Vector store.", default_factory=MilvusConfig)
+    checkpoint: CheckpointConfig = doc("Resume and incremental state.", default_factory=CheckpointConfig)
+    errors: ErrorsConfig = doc("Rejected input.", default_factory=ErrorsConfig)
+    mode: Literal["full", "incremental"] = doc(
+        "full: embed every shard (an interrupted run resumes from the manifest; after a finished run the next "
+        "one starts over); incremental: only shards that are new or changed since earlier runs.", "full")
+    delete_missing: bool = doc("incremental: delete from the collection the documents whose shard disappeared "
+                               "or that vanished from a changed shard.", False)
     log_every_s: float = doc("Seconds between progress lines.", 10.0)
 
 
@@ -61,7 +68,12 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (),
         raw.setdefault("milvus", {})
         if isinstance(raw["milvus"], dict):
             raw["milvus"]["token"] = env["MILVUS_TOKEN"]
-    return build(JobConfig, raw, "")
+    cfg = build(JobConfig, raw, "")
+    if cfg.delete_missing and cfg.mode != "incremental":
+        raise ConfigError("delete_missing needs mode: incremental")
+    if cfg.mode == "incremental" and not cfg.checkpoint.uri:
+        raise ConfigError("mode: incremental needs checkpoint.uri (where earlier runs are recorded)")
+    return cfg
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

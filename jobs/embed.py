@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(cfg)
     try:
         summary = driver.run(cfg, the_plan)
+    except driver.RejectedInput as e:
+        log.error("stopped: %s (finished shards are recorded; fix the input and run again to resume)", e)
+        return EXIT_FAILED
     except Exception:
         log.exception("the run failed")
         return EXIT_FAILED

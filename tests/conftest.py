@@ -76,3 +76,18 @@ def tiny_m3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny_model import build_tiny_m3
 
     return build_tiny_m3(tmp_path_factory.mktemp("models") / "tiny-m3")
+
+
+TOPICS = ["router-reset", "coffee-descaling", "bicycle-chain", "sourdough-bread", "burn-first-aid", "tyre-pressure"]
+
+
+@pytest.fixture(scope="session")
+def small_corpus() -> list[dict[str, str]]:
+    """Bodies of six topics in ten languages, one title, and one long English handbook (~3k tokens)."""
+    from sample.corpus import documents
+
+    docs = documents()
+    rows = [d for d in docs if d.kind == "body" and d.topic in TOPICS]
+    rows += [d for d in docs if d.kind == "title"][:3]
+    rows += [d for d in docs if d.kind == "handbook" and d.lang == "en"]
+    return [{"id": d.id, "text": d.text, "lang": d.lang, "topic": d.topic, "kind": d.kind} for d in rows]

@@ -14,7 +14,6 @@ from embedder.settings import BatchConfig, ChunkingConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 PADDED_LEN = "padded_len"  # width of the forward batch the row ran in: sum = padded tokens
-FAULT_ENV = "EMBED_FAULT_EXIT_AFTER"  # fault injection for reliability tests: exit after N calls
 
 
 class EmbedStage:
@@ -25,18 +24,20 @@ class EmbedStage:
     whose vector stays non-finite in fp32 gets an error instead of a vector.
     """
 
-    def __init__(self, model: ModelConfig, batch: BatchConfig, chunking: ChunkingConfig) -> None:
+    def __init__(self, model: ModelConfig, batch: BatchConfig, chunking: ChunkingConfig,
+                 inject_exit: str | None = None) -> None:
         from embedder.encoder import Encoder  # heavy: torch + transformers, only inside the actor
 
         self.encoder = Encoder(model, batch, chunking)
         self.calls = 0
+        self.inject_exit = inject_exit
 
     def __call__(self, table: pa.Table) -> pa.Table:
         c.require_columns("embed", table.column_names, c.TOKENIZED_COLUMNS)
         self.calls += 1
-        fault = os.environ.get(FAULT_ENV)
-        if fault and self.calls > int(fault):
-            log.error("fault injection: embed actor exits after %s calls", fault)
+        if self.inject_exit and self.calls == 2 and not os.path.exists(self.inject_exit):
+            open(self.inject_exit, "w").close()
+            log.error("fault injection: embed actor exits in the middle of a batch")
             os._exit(1)
         payload = np.flatnonzero(is_payload(table))
         col = table.column(c.INPUT_IDS).combine_chunks()

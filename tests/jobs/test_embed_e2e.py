@@ -63,6 +63,8 @@ def job_config(tmp_path: Path, uri: str, opts: dict[str, Any], model: Path, **mo
         model={"name": str(model), "dense_dim": 256, "precision": "fp32", **model_extra},
         cluster={"workers": 1, "cpus_per_worker": 1},
         milvus={"uri": str(tmp_path / "milvus.db"), "collection": "docs"},
+        checkpoint={"uri": str(tmp_path / "state" / "checkpoints")},
+        errors={"uri": str(tmp_path / "state" / "errors")},
         log_every_s=1,
     )
 
@@ -154,7 +156,8 @@ def test_sparse_model_writes_sparse_vectors(tmp_path: Path, tiny_m3_dir: Path, r
     cfg = write_config(tmp_path / "job.yaml", source={"uri": str(src)},
                        model={"name": str(tiny_m3_dir), "sparse": True, "precision": "fp32"},
                        batch={"max_tokens": 1024}, chunking={"overlap": 4},
-                       milvus={"uri": str(tmp_path / "milvus.db"), "collection": "m3"})
+                       milvus={"uri": str(tmp_path / "milvus.db"), "collection": "m3"},
+                       checkpoint={"uri": str(tmp_path / "state")}, errors={"uri": None})
     code, summary = run_embed(cfg)
     assert code == 0 and summary["rows_written"] == summary["chunks_embedded"] > len(rows)
     from pymilvus import MilvusClient

@@ -1,0 +1,94 @@
+"""Helpers for fault tests: corpora sharded many ways, the job as a subprocess, Milvus checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tests.conftest import REPO_ROOT
+from tests.jobs.conftest import write_config
+
+
+def write_parquet_shards(folder: Path, rows: list[dict[str, Any]], n: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        pq.write_table(pa.Table.from_pylist(rows[k::n]), folder / f"part-{k:05d}.parquet")
+    return folder
+
+
+def base_config(tmp_path: Path, uri: str, model: Path, **extra: Any) -> dict[str, Any]:
+    sections: dict[str, Any] = {
+        "source": {"uri": uri},
+        "model": {"name": str(model), "precision": "fp32"},
+        "cluster": {"workers": 1, "cpus_per_worker": 1, "rows_per_task": 16},
+        "milvus": {"uri": str(tmp_path / "milvus.db"), "collection": "docs"},
+        "checkpoint": {"uri": str(tmp_path / "state" / "checkpoints")},
+        "errors": {"uri": str(tmp_path / "state" / "errors")},
+        "log_every_s": 1,
+    }
+    for key, value in extra.items():
+        sections.setdefault(key, {}).update(value) if isinstance(value, dict) else sections.__setitem__(key, value)
+    return sections
+
+
+def config_file(tmp_path: Path, sections: dict[str, Any], name: str = "job.yaml") -> Path:
+    return write_config(tmp_path / name, **sections)
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", **extra})
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def start_job(cfg: Path, summary: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``python -m jobs.embed`` in its own process group (it starts its own local Ray)."""
+    out = open(log, "wb")  # noqa: SIM115 - closed by the process' end
+    return subprocess.Popen([sys.executable, "-m", "jobs.embed", "--config", str(cfg), "--summary", str(summary)],
+                            cwd=REPO_ROOT, env=env or job_env(), stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def run_job(cfg: Path, tmp_path: Path, tag: str, env: dict[str, str] | None = None,
+            timeout: float = 240) -> tuple[int, dict[str, Any], str]:
+    summary, log = tmp_path / f"summary-{tag}.json", tmp_path / f"log-{tag}.txt"
+    proc = start_job(cfg, summary, log, env)
+    try:
+        code = proc.wait(timeout=timeout)
+    finally:
+        kill_group(proc)
+    data = json.loads(summary.read_text()) if summary.exists() else {}
+    return code, data, log.read_text(errors="replace")
+
+
+def kill_group(proc: subprocess.Popen[bytes], sig: int = 9) -> None:
+    """Kill the process and whatever it started (its local Ray, a milvus-lite server)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+def milvus_pks(db: Path, collection: str = "docs") -> list[str]:
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(str(db))
+    try:
+        client.load_collection(collection)
+        pks: list[str] = []
+        it = client.query_iterator(collection, batch_size=1000, filter="", output_fields=["pk"])
+        while batch := it.next():
+            pks.extend(r["pk"] for r in batch)
+        it.close()
+        return pks
+    finally:
+        client.close()
