@@ -85,6 +85,8 @@ class TextTokenizer:
                               window=self.window)
 
     def _tokenize(self, texts: list[str], prefix_len: int, policy: ChunkingConfig, window: int) -> Chunks:
+        if not texts:  # a batch of only rejected rows or shard markers
+            return Chunks()
         enc = self.tok(texts, add_special_tokens=False, return_offsets_mapping=True,
                        return_attention_mask=False, return_token_type_ids=False)
         head, tail = self.head, self.tail

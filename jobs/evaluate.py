@@ -306,12 +306,17 @@ def evaluate(pairs: Pairs, vectors: Vectors, *, configured_dim: int | None, dims
 
 
 def evaluate_through_milvus(pairs: Pairs, vectors: Vectors, dim: int, *, top_k: int = 10,
-                            workdir: str | Path | None = None) -> dict[str, Any]:
-    """Dense retrieval through a temporary milvus-lite collection (HNSW/IP, as the job writes it).
+                            layout: str = "per_language", workdir: str | Path | None = None) -> dict[str, Any]:
+    """Dense retrieval through temporary milvus-lite collections (HNSW/IP, as the job writes them).
 
-    The documents (chunks at ``dim``) are upserted with ``MilvusWriter`` together with their
-    ``lang`` and ``item_id``; each query is searched with ``cluster.milvus.search.search`` in
-    every document language (``filter='lang == "xx"'``), and the ranks come from the hits.
+    The documents (chunks cut to ``dim``) are upserted with ``MilvusWriter``, with their ``lang``
+    and ``item_id`` as metadata; each query is searched with ``cluster.milvus.search.search`` in
+    every document language, and the ranks come from the top ``top_k`` documents of the hits.
+
+    Args:
+        layout: ``per_language``: one collection per document language, searched without a
+            filter (what ``jobs.search`` does on a collection); ``filter``: one collection holding
+            every language, searched with ``filter='lang == "xx"'`` (filtered HNSW search).
     """
     import pyarrow as pa
 
@@ -322,9 +327,12 @@ def evaluate_through_milvus(pairs: Pairs, vectors: Vectors, dim: int, *, top_k: 
     from cluster.milvus.writer import MilvusWriter
     from cluster.settings import MilvusConfig
 
+    if layout not in ("per_language", "filter"):
+        raise ValueError(f"layout {layout!r}: choose 'per_language' or 'filter'")
     started = time.perf_counter()
     failed = vectors.failed
-    keep_chunks = np.array([int(d) not in failed for d in vectors.chunk_doc], dtype=bool)
+    ok = np.array([i not in failed for i in range(len(pairs))], dtype=bool)
+    keep_chunks = ok[vectors.chunk_doc]
     chunk_doc = vectors.chunk_doc[keep_chunks]
     docs = ev.matryoshka(vectors.docs[keep_chunks], dim)
     queries = ev.matryoshka(vectors.queries, dim)
@@ -332,47 +340,56 @@ def evaluate_through_milvus(pairs: Pairs, vectors: Vectors, dim: int, *, top_k: 
     for i in range(1, len(chunk_doc)):
         chunk_index[i] = chunk_index[i - 1] + 1 if chunk_doc[i] == chunk_doc[i - 1] else 0
     per_doc = int(np.bincount(chunk_doc).max(initial=1)) if len(chunk_doc) else 1
-    doc_ids = [f"{pairs.item_ids[d]}|{pairs.langs[d]}" for d in chunk_doc]
+    limit = min(top_k * per_doc, 16384)  # enough chunks for top_k distinct documents
+    chunk_lang = pairs.langs[chunk_doc]
+    if layout == "per_language":
+        collections = {lang: (f"{_MILVUS_COLLECTION}_{n}", "") for n, lang in enumerate(pairs.languages)}
+    else:
+        collections = {lang: (_MILVUS_COLLECTION, f'lang == "{lang}"') for lang in pairs.languages}
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="evaluate-milvus-", dir=workdir) as tmp:
-        cfg = MilvusConfig(uri=str(Path(tmp) / "eval.db"), collection=_MILVUS_COLLECTION, store_text=False)
-        client = connect(cfg)
+        base = MilvusConfig(uri=str(Path(tmp) / "eval.db"), collection=_MILVUS_COLLECTION, store_text=False)
+        client = connect(base)
         try:
-            spec = CollectionSpec.from_config(cfg, dense_dim=dim, has_sparse=False,
-                                              metadata={"lang": pa.string(), "item_id": pa.string()})
-            ensure_collection(client, spec, lite=True)
-            table = pa.table({
-                C.PK: [C.make_pk(d, int(c)) for d, c in zip(doc_ids, chunk_index)],
-                C.DOC_ID: doc_ids,
-                C.CHUNK_INDEX: pa.array(chunk_index, pa.int32()),
-                C.DENSE: pa.FixedSizeListArray.from_arrays(pa.array(docs.reshape(-1), pa.float32()), dim),
-                "lang": [str(pairs.langs[d]) for d in chunk_doc],
-                "item_id": [str(pairs.item_ids[d]) for d in chunk_doc],
-            })
-            writer = MilvusWriter(client, spec, cfg)
-            writer.write(table)
-            writer.flush()
+            for name in dict.fromkeys(c for c, _ in collections.values()):
+                cfg = dataclasses.replace(base, collection=name)
+                spec = CollectionSpec.from_config(cfg, dense_dim=dim, has_sparse=False,
+                                                  metadata={"lang": pa.string(), "item_id": pa.string()})
+                ensure_collection(client, spec, lite=True)
+                mine = np.array([collections[str(lang)][0] == name for lang in chunk_lang], dtype=bool)
+                sel = chunk_doc[mine]
+                doc_ids = [f"{pairs.item_ids[d]}|{pairs.langs[d]}" for d in sel]
+                writer = MilvusWriter(client, spec, cfg)
+                writer.write(pa.table({
+                    C.PK: [C.make_pk(d, int(c)) for d, c in zip(doc_ids, chunk_index[mine])],
+                    C.DOC_ID: doc_ids,
+                    C.CHUNK_INDEX: pa.array(chunk_index[mine], pa.int32()),
+                    C.DENSE: pa.FixedSizeListArray.from_arrays(pa.array(docs[mine].reshape(-1), pa.float32()), dim),
+                    "lang": [str(pairs.langs[d]) for d in sel],
+                    "item_id": [str(pairs.item_ids[d]) for d in sel],
+                }))
+                writer.flush()
             loaded = time.perf_counter()
-            rows = []
-            ok = np.array([i not in failed for i in range(len(pairs))], dtype=bool)
-            limit = min(top_k * per_doc, 16384)
             for q_lang in pairs.languages:
                 q_rows = np.flatnonzero((pairs.langs == q_lang) & ok)
                 for d_lang in pairs.languages:
+                    name, expr = collections[d_lang]
                     hits_per_query = []
                     for i in q_rows:
-                        hits = search(client, _MILVUS_COLLECTION, dense=queries[i], mode="dense", top_k=limit,
-                                      output_fields=[C.DOC_ID, "item_id"], filter=f'lang == "{d_lang}"')
-                        ranked = list(dict.fromkeys(h[C.DOC_ID] for h in hits))[:top_k]  # best chunk per document
-                        hits_per_query.append([doc.rsplit("|", 1)[0] for doc in ranked])
+                        hits = search(client, name, dense=queries[i], mode="dense", top_k=limit,
+                                      output_fields=[C.DOC_ID, "item_id"], filter=expr)
+                        best = list(dict.fromkeys((h[C.DOC_ID], h["metadata"]["item_id"]) for h in hits))[:top_k]
+                        hits_per_query.append([item for _, item in best])
                     ranks = ev.ranks_from_hits(hits_per_query, pairs.item_ids[q_rows].tolist())
-                    has_doc = {str(x) for x in pairs.item_ids[(pairs.langs == d_lang) & ok]}
-                    ranks[[str(x) not in has_doc for x in pairs.item_ids[q_rows]]] = 0  # no relevant document
+                    has_doc = set(pairs.item_ids[(pairs.langs == d_lang) & ok].tolist())
+                    ranks[[x not in has_doc for x in pairs.item_ids[q_rows].tolist()]] = 0  # nothing relevant
                     rows.append({"query_lang": q_lang, "doc_lang": d_lang, "dense": ev.metrics_from_ranks(ranks)})
         finally:
             client.close()
-    searches = len(pairs.languages) * int(ok.sum())
-    return {"dim": dim, "top_k": top_k, "index": "HNSW/IP (milvus-lite)", "pairs": rows, "averages": averages(rows),
-            "rows_loaded": int(len(chunk_doc)), "searches": searches,
+    where = "one collection per language" if layout == "per_language" else "one collection, lang filter"
+    return {"dim": dim, "top_k": top_k, "layout": layout, "index": f"HNSW/IP, milvus-lite, {where}",
+            "pairs": rows, "averages": averages(rows), "rows_loaded": int(len(chunk_doc)),
+            "searches": len(pairs.languages) * int(ok.sum()),
             "load_s": round(loaded - started, 3), "search_s": round(time.perf_counter() - loaded, 3)}
 
 
@@ -433,7 +450,7 @@ def format_report(report: dict[str, Any]) -> str:
     milvus = report.get("milvus")
     if milvus:
         mem = report["averages"]
-        lines += ["", f"Through Milvus ({milvus['index']}, dim {milvus['dim']}, {milvus['searches']} searches "
+        lines += ["", f"Through Milvus ({milvus['index']}; dim {milvus['dim']}, {milvus['searches']} searches "
                       f"in {milvus['search_s']:.1f} s): dense R@1 R@10 MRR10"]
         for key, label in (("all", "all pairs"), ("cross_lingual", "cross-lingual pairs")):
             if key in milvus["averages"]:
@@ -477,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"warn when model.dense_dim loses more recall@10 than this (default {MAX_RECALL_DROP})")
     p.add_argument("--through-milvus", action="store_true",
                    help="also measure dense retrieval through a temporary milvus-lite collection")
+    p.add_argument("--milvus-layout", choices=("per_language", "filter"), default="per_language",
+                   help="--through-milvus: one collection per document language searched without a filter "
+                        "(default), or one collection searched with a lang filter")
     p.add_argument("--json", type=Path, help="write the report as JSON to this file")
     args = p.parse_args(argv)
     setup_logging()
@@ -518,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
                                max_recall_drop=args.max_recall_drop))
         report["encode_s"] = round(vectors.encode_s, 3)
         if args.through_milvus:
-            report["milvus"] = evaluate_through_milvus(pairs, vectors, configured_dim or encoder.dim)
+            report["milvus"] = evaluate_through_milvus(pairs, vectors, configured_dim or encoder.dim,
+                                                       layout=args.milvus_layout)
         report["elapsed_s"] = round(time.perf_counter() - started, 3)
     except Exception:
         log.exception("the evaluation failed")

@@ -58,7 +58,8 @@ def tokenize_docs(table: pa.Table, *, model: ModelConfig, chunking: ChunkingConf
     src = np.concatenate([payload[chunks.doc], np.flatnonzero(~is_payload(table)),
                           payload[list(chunks.errors)]]).astype(np.int64)
     n_chunk_rows = len(chunks.doc)
-    out = table.take(pa.array(src))
+    text_pos = table.schema.get_field_index(c.TEXT)
+    out = table.drop_columns([c.TEXT]).take(pa.array(src))  # never copy a long text once per chunk
     doc_ids = out.column(c.DOC_ID).to_pylist()
     errors = out.column(c.ERROR).to_pylist()
     chunk_index = [None] * len(src)
@@ -80,7 +81,7 @@ def tokenize_docs(table: pa.Table, *, model: ModelConfig, chunking: ChunkingConf
     n_chunks = np.zeros(len(src), dtype=np.int32)
     n_chunks[:n_chunk_rows] = per_doc[np.asarray(chunks.doc, dtype=np.int64)]
     valid = np.arange(len(src)) < n_chunk_rows
-    out = out.set_column(out.schema.get_field_index(c.TEXT), c.TEXT, pa.array(chunk_texts, pa.string()))
+    out = out.add_column(text_pos, c.TEXT, pa.array(chunk_texts, pa.large_string()).cast(pa.string()))
     out = out.set_column(out.schema.get_field_index(c.ERROR), c.ERROR, pa.array(errors, pa.string()))
     return (out.append_column(c.PK, pa.array(pks, pa.string()))
             .append_column(c.CHUNK_INDEX, pa.array(chunk_index, pa.int32()))
