@@ -161,7 +161,8 @@ def relevant_ranks(scores: np.ndarray, query_ids: Sequence[str] | np.ndarray,
     return np.where(has_relevant, ranks, 0).astype(np.int64)
 
 
-def ranks_from_hits(hits: Sequence[Sequence[str]], query_ids: Sequence[str], miss_rank: int | None = None) -> np.ndarray:
+def ranks_from_hits(hits: Sequence[Sequence[str]], query_ids: Sequence[str],
+                    miss_rank: int | None = None) -> np.ndarray:
     """Ranks from ranked result lists (e.g. Milvus hits, already mapped to item ids): 1-based position of the
     first hit with the query's item id; ``miss_rank`` (default :data:`NOT_RETRIEVED`) when absent."""
     if miss_rank is None:

@@ -64,10 +64,16 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (),
     for item in overrides:
         apply_override(raw, item)
     milvus = raw.get("milvus")
-    if env.get("MILVUS_TOKEN") and not (isinstance(milvus, dict) and milvus.get("token")):
+    token = env.get("MILVUS_TOKEN")
+    if not token and env.get("MILVUS_TOKEN_FILE"):  # a mounted secret (Kubernetes, Docker)
+        try:
+            token = Path(env["MILVUS_TOKEN_FILE"]).read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"MILVUS_TOKEN_FILE {env['MILVUS_TOKEN_FILE']} cannot be read: {e.strerror}") from e
+    if token and not (isinstance(milvus, dict) and milvus.get("token")):
         raw.setdefault("milvus", {})
         if isinstance(raw["milvus"], dict):
-            raw["milvus"]["token"] = env["MILVUS_TOKEN"]
+            raw["milvus"]["token"] = token
     cfg = build(JobConfig, raw, "")
     if cfg.delete_missing and cfg.mode != "incremental":
         raise ConfigError("delete_missing needs mode: incremental")

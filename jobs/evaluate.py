@@ -140,7 +140,8 @@ def _read_rows(spec: str, langs: Sequence[str] | None) -> list[tuple[str, str, s
                         continue
                     row = json.loads(line)
                     if not isinstance(row, dict) or any(c not in row for c in ("item_id", "lang", "text")):
-                        raise PairsError(f"{spec}:{n}: expected an object with item_id, lang and text, got {line[:200]!r}")
+                        raise PairsError(f"{spec}:{n}: expected an object with item_id, lang and text, "
+                                         f"got {line[:200]!r}")
                     out.append((_str(row["item_id"]), _str(row["lang"]), row["text"]))
             return out
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -295,7 +296,7 @@ def evaluate(pairs: Pairs, vectors: Vectors, *, configured_dim: int | None, dims
                             f"{max_recall_drop:g}); consider a larger dense_dim (see the Matryoshka audit)")
     return {
         "items": pairs.items, "languages": list(pairs.languages), "texts": n,
-        "failed": {str(pairs.item_ids[i]) + "/" + str(pairs.langs[i]): why for i, why in sorted(vectors.failed.items())},
+        "failed": {f"{pairs.item_ids[i]}/{pairs.langs[i]}": why for i, why in sorted(vectors.failed.items())},
         "full_dim": full_dim, "dim": stored_dim, "modes": [m for m in ("dense", "sparse", "hybrid") if m in rows[0]],
         "pairs": rows, "averages": averages(rows), "matryoshka": audit, "max_recall_drop": max_recall_drop,
         "warnings": warnings,
@@ -439,14 +440,16 @@ def format_report(report: dict[str, Any]) -> str:
     scope = "cross-lingual" if len(langs) > 1 else "all-pairs"
     lines += ["", f"Matryoshka audit ({scope} averages; float32 storage per million vectors, index excluded)"]
     audit_modes = [m for m in ("dense", "hybrid") if m in modes]
-    lines.append(f"{'dim':>5} {'storage/1M':>10}  " + " | ".join(f"{m + ' R@1 R@10 MRR10':>17}" for m in audit_modes)
-                 + "  dense R@10 drop")
+    lines.append(f"{'':>5} {'storage':>10}  " + " | ".join(f"{m:^{width}}" for m in audit_modes)
+                 + f"  {'dense R@10':>10}")
+    metric_head = f"{'R@1':>5} {'R@10':>5} {'MRR10':>5}"
+    lines.append(f"{'dim':>5} {'per 1M':>10}  " + " | ".join(metric_head for _ in audit_modes) + f"  {'drop':>10}")
     for row in report["matryoshka"]:
         avg = row.get("cross_lingual", row["all"])
         mark = " <- model.dense_dim" if row["configured"] and row["dim"] != report["full_dim"] else ""
         lines.append(f"{row['dim']:>5} {_bytes(row['bytes_per_million']):>10}  "
                      + " | ".join(" ".join(_fmt(avg[m][k]) for k in ev.METRICS) for m in audit_modes)
-                     + f"  {row['recall@10_drop']:+.3f}{mark}")
+                     + f"  {row['recall@10_drop']:>+10.3f}{mark}")
     milvus = report.get("milvus")
     if milvus:
         mem = report["averages"]
@@ -480,7 +483,8 @@ def _load(config: str, overrides: Sequence[str]) -> JobConfig:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.split("\n\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="the job's YAML config (model, batch and chunking sections are used)")
+    p.add_argument("--config", required=True,
+                   help="the job's YAML config (its model, batch and chunking sections are used)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set model.dense_dim=128 (repeatable)")
     p.add_argument("--pairs", required=True, help="aligned set: .jsonl/.jsonl.gz/.parquet with item_id, lang, text; "

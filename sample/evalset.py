@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import argparse
 import gettext
-import html
 import hashlib
+import html
 import importlib.metadata
 import importlib.util
 import json

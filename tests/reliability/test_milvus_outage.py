@@ -1,0 +1,85 @@
+"""A Milvus server that goes away: back within seconds -> the job finishes; gone -> a clear failure."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.conftest import base_config, config_file, run_job, write_parquet_shards
+from tests.reliability.test_faults import corpus
+from tests.servers import LiteServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def outage_after_first_shard(tmp_path: Path, server: LiteServer, down_s: float | None) -> threading.Thread:
+    """Kill the server once a shard is recorded; start it again after ``down_s`` (never when None)."""
+    def run() -> None:
+        deadline = time.monotonic() + 180
+        while not list((tmp_path / "state" / "checkpoints").glob("*/shards/*.json")):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.1)
+        server.stop()
+        if down_s is not None:
+            time.sleep(down_s)
+            server.start()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def count(server: LiteServer) -> int:
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(server.uri)
+    try:
+        client.load_collection("docs")
+        return int(client.query("docs", filter="", output_fields=["count(*)"])[0]["count(*)"])
+    finally:
+        client.close()
+
+
+def test_writes_retry_through_a_short_outage(tmp_path: Path, small_corpus: list[dict[str, str]],
+                                            e5_model_dir: Path) -> None:
+    rows = corpus(small_corpus, 1)
+    src = write_parquet_shards(tmp_path / "docs", rows, 12)
+    server = LiteServer(tmp_path / "server-data")
+    server.start()
+    try:
+        sections = base_config(tmp_path, str(src), e5_model_dir, milvus={"uri": server.uri})
+        outage = outage_after_first_shard(tmp_path, server, down_s=4)
+        code, summary, log = run_job(config_file(tmp_path, sections), tmp_path, "outage")
+        outage.join(timeout=60)
+        assert code == 0, log[-3000:]
+        assert summary["rows_written"] == len(rows) and summary["shards_done"] == 12
+        assert count(server) == len(rows)
+    finally:
+        server.stop()
+
+
+def test_a_permanent_outage_fails_clearly_and_the_rerun_resumes(tmp_path: Path, small_corpus: list[dict[str, str]],
+                                                                 e5_model_dir: Path) -> None:
+    rows = corpus(small_corpus, 1)
+    src = write_parquet_shards(tmp_path / "docs", rows, 12)
+    server = LiteServer(tmp_path / "server-data")
+    server.start()
+    try:
+        cfg = config_file(tmp_path, base_config(tmp_path, str(src), e5_model_dir, milvus={"uri": server.uri}))
+        outage = outage_after_first_shard(tmp_path, server, down_s=None)
+        code, _, log = run_job(cfg, tmp_path, "down")
+        outage.join(timeout=60)
+        assert code == 1
+        assert "the run failed" in log and "Milvus" in log
+        recorded = len(list((tmp_path / "state" / "checkpoints").glob("*/shards/*.json")))
+        assert 1 <= recorded < 12
+        server.start()
+        code, summary, log = run_job(cfg, tmp_path, "after")
+        assert code == 0, log[-3000:]
+        assert summary["shards_skipped"] == recorded and count(server) == len(rows)
+    finally:
+        server.stop()
