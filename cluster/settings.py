@@ -48,6 +48,9 @@ class ClusterConfig:
     cpus_per_worker: float = doc("CPUs requested by each embedding actor.", 1.0)
     rows_per_task: int = doc("Chunks handed to an embedding actor at a time; the actor packs them "
                              "into token-budget batches.", 512)
+    ship_code: bool = doc("When the driver joins a running cluster from a checkout (not under ray job submit): "
+                          "ship the checkout to the workers as Ray's working_dir. false: the project is installed "
+                          "(or on a shared filesystem) on every node.", True)
     inject_actor_exit: str | None = doc("Fault injection for tests: a marker file path; the first embed actor to "
                                         "find it missing creates it and exits in the middle of its second batch.")
 

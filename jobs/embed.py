@@ -22,6 +22,7 @@ from jobs.config import ConfigError, JobConfig, describe, load_config, redact
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_REJECTED = 0, 1, 2, 3
 log = logging.getLogger("jobs.embed")
 REPO_ROOT = Path(__file__).resolve().parent.parent
+SHIP_EXCLUDES = [".cache/", ".venv/", ".git/", "embed-state/", "*.db", "benchmarks/"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,13 +43,20 @@ def init_ray(cfg: JobConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
-    if address or os.environ.get("RAY_JOB_ID"):
-        ray.init(address=address, log_to_driver=True)
+    env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}
+    if os.environ.get("RAY_JOB_ID"):  # under `ray job submit`: the job's runtime env ships the code
+        ray.init()
+        return
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    if address:  # a driver joining a cluster from a checkout
+        if cfg.cluster.ship_code:
+            runtime_env = {"working_dir": str(REPO_ROOT), "excludes": SHIP_EXCLUDES, "env_vars": env}
+        else:
+            runtime_env = {"env_vars": {"PYTHONPATH": path, **env}}
+        ray.init(address=address, runtime_env=runtime_env)
         return
     # Local Ray: workers import this project from the same checkout.
-    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(runtime_env={"env_vars": {"PYTHONPATH": path, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}},
-             include_dashboard=False)
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": path, **env}}, include_dashboard=False)
 
 
 def setup_logging() -> None:

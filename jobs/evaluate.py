@@ -420,16 +420,16 @@ def format_report(report: dict[str, Any]) -> str:
              f"{len(report['languages'])} languages ({', '.join(report['languages'])}); dense dim {report['dim']}"
              f" of {report['full_dim']}; MRR cut at 10; hybrid = RRF(k={ev.RRF_K}) of the top {HYBRID_DEPTH} "
              f"dense and sparse hits", ""]
-    head = f"{'query -> docs':<24}" + " | ".join(f"{m:^{width}}" for m in modes)
-    sub = f"{'':<24}" + " | ".join(f"{'R@1':>5} {'R@10':>5} {'MRR10':>5}" for _ in modes)
+    head = f"{'query -> docs':<26}" + " | ".join(f"{m:^{width}}" for m in modes)
+    sub = f"{'':<26}" + " | ".join(f"{'R@1':>5} {'R@10':>5} {'MRR10':>5}" for _ in modes)
     lines += [head, sub, "-" * len(sub)]
     for row in report["pairs"]:
-        lines.append(f"{row['query_lang'] + ' -> ' + row['doc_lang']:<24}" + _metric_cells(row, modes))
+        lines.append(f"{row['query_lang'] + ' -> ' + row['doc_lang']:<26}" + _metric_cells(row, modes))
     lines.append("-" * len(sub))
     for key, label in (("all", "all pairs"), ("cross_lingual", "cross-lingual pairs")):
         if key in report["averages"]:
             avg = report["averages"][key]
-            lines.append(f"{label + ' (' + str(avg['pairs']) + ')':<24}" + _metric_cells(avg, modes))
+            lines.append(f"{label + ' (' + str(avg['pairs']) + ')':<26}" + _metric_cells(avg, modes))
     langs = report["languages"]
     if len(langs) > 1:
         cell = {(r["query_lang"], r["doc_lang"]): r["dense"]["recall@10"] for r in report["pairs"]}
@@ -457,7 +457,7 @@ def format_report(report: dict[str, Any]) -> str:
                       f"in {milvus['search_s']:.1f} s): dense R@1 R@10 MRR10"]
         for key, label in (("all", "all pairs"), ("cross_lingual", "cross-lingual pairs")):
             if key in milvus["averages"]:
-                lines.append(f"{label:<24}milvus " + " ".join(_fmt(milvus["averages"][key]["dense"][k])
+                lines.append(f"{label:<26}milvus " + " ".join(_fmt(milvus["averages"][key]["dense"][k])
                                                              for k in ev.METRICS)
                              + "   in memory " + " ".join(_fmt(mem[key]["dense"][k]) for k in ev.METRICS))
     if report["failed"]:

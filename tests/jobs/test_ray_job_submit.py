@@ -72,8 +72,9 @@ def session_pids(sid: int) -> list[int]:
     return pids
 
 
-def stop_session(sid: int, grace_s: float = 15.0) -> None:
-    """SIGTERM every process of the session, SIGKILL what is left after ``grace_s`` (as ``ray stop``)."""
+def stop_session(sid: int, grace_s: float = 5.0) -> None:
+    """SIGTERM every process of the session, SIGKILL what is left after ``grace_s`` (as ``ray stop``;
+    gcs_server and the autoscaler monitor do not exit on SIGTERM alone)."""
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         for pid in session_pids(sid):
             try:
@@ -138,7 +139,8 @@ def expected_chunks(model_dir: Path, rows: list[dict[str, str]]) -> int:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    max_len = json.loads((model_dir / "sentence_bert_config.json").read_text())["max_seq_length"]
+    st_config = json.loads((model_dir / "sentence_bert_config.json").read_text(encoding="utf-8"))
+    max_len = st_config.get("max_seq_length") or tok.model_max_length  # 64 for the tiny model
     specials = len(tok("x")["input_ids"]) - len(tok("x", add_special_tokens=False)["input_ids"])
     budget = max_len - specials
     total = 0
