@@ -168,14 +168,13 @@ def record(the_plan: Plan, tracker: RunTracker, by_path: dict[str, Shard], finis
     for path in finished:
         ids = tracker.finish_shard(path)
         st = tracker.shards[path]
-        if the_plan.manifest is not None:
+        if the_plan.manifest is not None and st.error is None:  # a failed shard is retried by the next run
             old = the_plan.previous.get(path)
             if old is not None:  # a changed shard: ids that left it are deleted later (delete_missing)
                 gone = set(the_plan.manifest.doc_ids(path)) - set(ids)
                 if gone:
                     tracker.stale_ids.extend(sorted(gone))
-            the_plan.manifest.mark_done(by_path[path], {"docs": st.docs_total, "chunks": st.chunks_seen,
-                                                        "error": st.error}, ids)
+            the_plan.manifest.mark_done(by_path[path], {"docs": st.docs_total, "chunks": st.chunks_seen}, ids)
     finished.clear()
 
 
