@@ -471,6 +471,17 @@ def format_report(report: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------ main
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN (a pair without queries) as null: strict JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _load(config: str, overrides: Sequence[str]) -> JobConfig:
     try:
         return load_config(config, overrides)
@@ -553,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("%s", warning)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        args.json.write_text(json.dumps(_json_safe(report), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return EXIT_OK
 
 

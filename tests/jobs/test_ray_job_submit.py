@@ -204,6 +204,7 @@ def test_ray_job_submit_embeds_into_milvus(ray_head: RayHead, tmp_path: Path, ti
 
     client = MilvusClient(str(db))  # the job's driver (the only writer) has exited
     try:
+        client.load_collection("docs")  # a freshly opened milvus-lite file starts released
         assert client.query("docs", filter="", output_fields=["count(*)"])[0]["count(*)"] == chunks
         handbook = client.query("docs", filter=f'doc_id == "{rows[-1]["id"]}"', output_fields=["chunk_index"])
         assert sorted(r["chunk_index"] for r in handbook) == list(range(len(handbook)))
