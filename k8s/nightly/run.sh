@@ -18,7 +18,7 @@ fi
 name=$(kubectl create -f "$TEMPLATE" -o name)
 echo "created $name"
 while :; do
-  state=$(kubectl get "$name" -o 'jsonpath={.status.jobDeploymentStatus}')
+  state=$(kubectl get "$name" -o 'jsonpath={.status.jobDeploymentStatus}') || state=unknown  # API hiccup: ask again
   case "$state" in Complete | Failed) break ;; esac
   sleep "$POLL_SECONDS"
 done

@@ -135,8 +135,9 @@ def get(head: RayHead, path: str, *, token: str | None) -> tuple[int, Any]:
 
 def expected_chunks(model_dir: Path, rows: list[dict[str, str]]) -> int:
     """Windows per document from the tokenizer and the window arithmetic (no prompt for this model)."""
-    from embedder.chunking import windows
     from transformers import AutoTokenizer
+
+    from embedder.chunking import windows
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     st_config = json.loads((model_dir / "sentence_bert_config.json").read_text(encoding="utf-8"))

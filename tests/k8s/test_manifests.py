@@ -285,6 +285,8 @@ def test_the_entrypoint_runs_the_job_with_a_valid_config(name: str, tmp_path: Pa
     args, cfg = load_job_config(name, tmp_path)
     assert args.config == "/config/job.yaml" and str(args.summary).startswith("/tmp/")
     assert ("mode=incremental" in args.overrides) == (name == "nightly")
+    if hasattr(cfg, "mode"):  # see NOT_YET_CONFIG_KEYS
+        assert cfg.mode == ("incremental" if name == "nightly" else "full")
     assert cfg.model.name.startswith("s3://"), "the model comes from S3 (no hub access in the cluster)"
     assert cfg.model.cache_dir.startswith("/cache/")
     assert cfg.source.uri.startswith("s3://")
