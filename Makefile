@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test install model sample lint bench clean
+.PHONY: demo test install model sample lint bench soak clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ demo: model sample
 	$(PY) -m jobs.search --config jobs/configs/demo.yaml --top-k 8 --format table "How do I restart my wifi router?"
 	@echo; echo "== Japanese query =="
 	$(PY) -m jobs.search --config jobs/configs/demo.yaml --top-k 5 --format table "コーヒーメーカーの水垢を取る方法"
+	@echo; echo "== Cross-lingual retrieval quality (Django's translations, 10 languages) =="
+	$(PY) -m sample.evalset .cache/evalset/django-10lang.jsonl
+	$(PY) -m jobs.evaluate --config jobs/configs/demo.yaml --pairs .cache/evalset/django-10lang.jsonl \
+		--json .cache/demo/evaluation.json
 
 test: install
 	$(PY) -m pytest
@@ -44,6 +48,9 @@ lint: install
 
 bench: model
 	$(PY) benchmarks/encode.py
+
+soak: install
+	$(PY) benchmarks/soak.py --sizes 10000,100000
 
 clean:
 	rm -rf .cache/demo .pytest_cache

@@ -119,3 +119,23 @@ class Manifest:
         for path in self.fs.glob(f"{self.root}/shards/*"):
             self.fs.rm(path)
         self.set_finished(False)
+
+
+class AliasHistory:
+    """The collections an alias has pointed at, oldest first (``<checkpoint.uri>/aliases/<alias>.json``)."""
+
+    def __init__(self, uri: str, storage_options: dict[str, Any], alias: str) -> None:
+        self.fs, root = filesystem(uri, storage_options)
+        self.fs.makedirs(f"{root.rstrip('/')}/aliases", exist_ok=True)
+        self.path = f"{root.rstrip('/')}/aliases/{alias}.json"
+
+    def load(self) -> list[dict[str, Any]]:
+        self.fs.invalidate_cache(self.path)
+        if not self.fs.exists(self.path):
+            return []
+        with self.fs.open(self.path, "r", encoding="utf-8") as f:
+            return list(json.load(f))
+
+    def save(self, entries: list[dict[str, Any]]) -> None:
+        with self.fs.open(self.path, "w", encoding="utf-8") as f:
+            json.dump(entries, f, indent=2, sort_keys=True)

@@ -67,6 +67,8 @@ class MilvusConfig:
 
     uri: str = doc("A local path (milvus-lite, embedded) or http(s)://host:port of a Milvus server.", "./milvus.db")
     collection: str = doc("Collection the job writes to (created when missing).", "documents")
+    alias: str | None = doc("Alias that readers query (jobs.search uses it when set); jobs.reindex builds a new "
+                            "collection and points this alias at it.")
     token: str | None = doc("Milvus token ('user:password' or API key); prefer the MILVUS_TOKEN environment variable.",
                             secret=True)
     db_name: str | None = doc("Milvus database on a server. Empty = default.")
@@ -129,3 +131,19 @@ class ErrorsConfig:
         choice("errors.on_error", self.on_error, ("skip", "fail"))
         if not 0 <= self.max_error_ratio <= 1:
             raise ValueError("errors.max_error_ratio must be between 0 and 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReindexConfig:
+    """Backfill re-indexing into a new collection behind ``milvus.alias``."""
+
+    retention: int = doc("Collections of this alias to keep, the live one included (at least 2, so that "
+                         "--rollback has a target); older ones are dropped after a successful swap.", 2)
+    validate_sample: int = doc("Documents re-embedded after the build that must find themselves as the top hit "
+                               "before the alias is moved.", 20)
+
+    def __post_init__(self) -> None:
+        if self.retention < 2:
+            raise ValueError("reindex.retention must be >= 2 (the live collection and the rollback target)")
+        if self.validate_sample < 0:
+            raise ValueError("reindex.validate_sample must be >= 0")

@@ -17,10 +17,18 @@ from typing import Any, Literal
 
 import yaml
 
-from cluster.settings import CheckpointConfig, ClusterConfig, ErrorsConfig, MilvusConfig, SourceConfig
+from cluster.settings import (
+    CheckpointConfig,
+    ClusterConfig,
+    ErrorsConfig,
+    MilvusConfig,
+    ReindexConfig,
+    SourceConfig,
+)
 from embedder.settings import BatchConfig, ChunkingConfig, ModelConfig, doc
 
-SECRET_WORDS = ("token", "secret", "password", "key")
+SECRET_NAMES = {"token", "secret", "password", "key", "aws_access_key_id", "aws_secret_access_key",
+                "aws_session_token", "api_key", "access_key", "secret_key", "session_token"}
 
 
 class ConfigError(ValueError):
@@ -39,6 +47,7 @@ class JobConfig:
     milvus: MilvusConfig = doc("Vector store.", default_factory=MilvusConfig)
     checkpoint: CheckpointConfig = doc("Resume and incremental state.", default_factory=CheckpointConfig)
     errors: ErrorsConfig = doc("Rejected input.", default_factory=ErrorsConfig)
+    reindex: ReindexConfig = doc("Backfill re-indexing (jobs.reindex).", default_factory=ReindexConfig)
     mode: Literal["full", "incremental"] = doc(
         "full: embed every shard (an interrupted run resumes from the manifest; after a finished run the next "
         "one starts over); incremental: only shards that are new or changed since earlier runs.", "full")
@@ -178,11 +187,15 @@ def redact(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
-        return {k: ("***" if v and any(w in str(k).lower() for w in SECRET_WORDS) else redact(v))
-                for k, v in value.items()}
+        return {k: ("***" if v and _is_secret(str(k)) else redact(v)) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]
     return value
+
+
+def _is_secret(name: str) -> bool:
+    name = name.lower()
+    return name in SECRET_NAMES or name.endswith(("_secret", "_password", "_token", "_api_key"))
 
 
 def describe(cls: type = JobConfig, where: str = "") -> list[str]:

@@ -44,7 +44,8 @@ def init_ray(cfg: JobConfig) -> None:
         return
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}
-    if os.environ.get("RAY_JOB_ID"):  # under `ray job submit`: the job's runtime env ships the code
+    if os.environ.get("RAY_JOB_ID") or "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        # under `ray job submit`: the job's runtime env already ships the code
         ray.init()
         return
     path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)

@@ -49,11 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     if emb.sparse is not None:
         sparse = (emb.sparse.indices, emb.sparse.values)
     client = connect(cfg.milvus)
-    if not client.has_collection(cfg.milvus.collection):
-        log.error("collection %r does not exist; run python -m jobs.embed first", cfg.milvus.collection)
+    target = cfg.milvus.alias or cfg.milvus.collection  # readers go through the alias when there is one
+    if not client.has_collection(target):
+        log.error("collection %r does not exist; run python -m jobs.embed (or jobs.reindex) first", target)
         return EXIT_INVALID
-    client.load_collection(cfg.milvus.collection)  # a no-op when loaded; a fresh milvus-lite opens it released
-    hits = search(client, cfg.milvus.collection, dense=emb.dense[0], sparse=sparse, mode=mode, top_k=args.top_k,
+    client.load_collection(target)  # a no-op when loaded; a fresh milvus-lite opens it released
+    hits = search(client, target, dense=emb.dense[0], sparse=sparse, mode=mode, top_k=args.top_k,
                   output_fields=None)
     for rank, hit in enumerate(hits, 1):
         if args.format == "json":

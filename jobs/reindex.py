@@ -1,0 +1,172 @@
+"""``python -m jobs.reindex --config FILE [--collection NAME] [--set key=value ...]``
+``python -m jobs.reindex --config FILE --rollback``
+
+Backfill re-indexing without search downtime: embed the whole source into a new versioned
+collection, validate it (row count equals the chunks embedded; sampled documents find
+themselves as the top hit), then point ``milvus.alias`` at it in one atomic step. The previous
+collection is kept for ``--rollback``; older ones are dropped per ``reindex.retention``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import random
+import re
+import sys
+import time
+from typing import Any
+
+from jobs.config import ConfigError, JobConfig, load_config, redact
+from jobs.embed import EXIT_FAILED, EXIT_INVALID, EXIT_OK, init_ray, setup_logging
+
+log = logging.getLogger("jobs.reindex")
+
+
+def derived_name(cfg: JobConfig) -> str:
+    """``<alias>__<model>_d<dim>_<UTC time>``: versioned, sortable, valid as a Milvus name."""
+    model = re.sub(r"[^0-9a-zA-Z]+", "_", cfg.model.name.rstrip("/").rsplit("/", 1)[-1]).strip("_")[:40] or "model"
+    dim = cfg.model.dense_dim or "full"
+    return f"{cfg.milvus.alias}__{model}_d{dim}_{time.strftime('%Y%m%d%H%M%S', time.gmtime())}"
+
+
+def validate(cfg: JobConfig, collection: str, summary: dict[str, Any]) -> None:
+    """Row count and self-retrieval checks; raises ValueError when the new collection is not fit to serve."""
+    from cluster.milvus.connect import connect
+    from cluster.milvus.search import search
+    from embedder.encoder import Encoder
+
+    client = connect(cfg.milvus)
+    try:
+        client.load_collection(collection)
+        rows = int(client.query(collection, filter="", output_fields=["count(*)"])[0]["count(*)"])
+        expected = int(summary["chunks_embedded"]) - int(summary["duplicate_ids"])
+        if rows != expected:
+            raise ValueError(f"{collection} holds {rows} rows but {expected} chunks were embedded")
+        if not rows or not cfg.reindex.validate_sample:
+            return
+        candidates = client.query(collection, filter="chunk_index == 0", output_fields=["pk", "text"], limit=1000)
+        sample = random.Random(0).sample(candidates, min(cfg.reindex.validate_sample, len(candidates)))
+        if not sample or not sample[0].get("text"):
+            log.warning("milvus.store_text is off: self-retrieval check skipped")
+            return
+        encoder = Encoder(cfg.model, cfg.batch, cfg.chunking)
+        _, emb = encoder.encode_passages([r["text"] for r in sample])
+        misses = []
+        for i, row in enumerate(sample):
+            hits = search(client, collection, dense=emb.dense[i], mode="dense", top_k=3, output_fields=["doc_id"])
+            best = hits[0]["score"] if hits else None
+            if not any(h["pk"] == row["pk"] and h["score"] >= best - 1e-4 for h in hits):
+                misses.append(row["pk"])
+        if misses:
+            raise ValueError(f"{len(misses)} of {len(sample)} sampled documents do not find themselves as the "
+                             f"top hit in {collection} (e.g. {misses[:3]})")
+        log.info("validated %s: %d rows, %d/%d sampled documents are their own top hit", collection, rows,
+                 len(sample), len(sample))
+    finally:
+        client.close()
+
+
+def swap(cfg: JobConfig, collection: str) -> list[str]:
+    """Point the alias at ``collection``, record it, apply retention; returns dropped collections."""
+    from cluster.checkpoint import AliasHistory
+    from cluster.milvus.aliases import drop_collections, point_alias
+    from cluster.milvus.connect import connect
+
+    history = AliasHistory(cfg.checkpoint.uri, cfg.checkpoint.storage_options or cfg.source.storage_options,
+                           cfg.milvus.alias)
+    entries = [e for e in history.load() if e["collection"] != collection]
+    client = connect(cfg.milvus)
+    try:
+        previous = point_alias(client, cfg.milvus.alias, collection)
+        entries.append({"collection": collection, "at": time.time()})
+        dropped = drop_collections(client, [e["collection"] for e in entries[:-cfg.reindex.retention]],
+                                   protect={collection, previous or ""})
+        history.save([e for e in entries if e["collection"] not in dropped])
+    finally:
+        client.close()
+    return dropped
+
+
+def rollback(cfg: JobConfig) -> str:
+    """Point the alias back at the collection before the live one."""
+    from cluster.checkpoint import AliasHistory
+    from cluster.milvus.aliases import alias_target, point_alias
+    from cluster.milvus.connect import connect
+
+    history = AliasHistory(cfg.checkpoint.uri, cfg.checkpoint.storage_options or cfg.source.storage_options,
+                           cfg.milvus.alias)
+    entries = history.load()
+    client = connect(cfg.milvus)
+    try:
+        live = alias_target(client, cfg.milvus.alias)
+        names = [e["collection"] for e in entries]
+        if live not in names or names.index(live) == 0:
+            raise ValueError(f"no collection before {live!r} in the history of alias {cfg.milvus.alias!r}")
+        target = names[names.index(live) - 1]
+        if not client.has_collection(target):
+            raise ValueError(f"the previous collection {target!r} was dropped; nothing to roll back to")
+        point_alias(client, cfg.milvus.alias, target)
+        # The live collection is always the last entry; the one rolled back from becomes the oldest
+        # candidate for retention.
+        history.save([e for e in entries if e["collection"] != target] + [e for e in entries
+                                                                           if e["collection"] == target])
+        return target
+    finally:
+        client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jobs.reindex", description=__doc__.split("\n\n")[1])
+    p.add_argument("--config", required=True)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--collection", help="name of the new collection (default: derived from alias, model, dim, time)")
+    p.add_argument("--rollback", action="store_true", help="point the alias back at the previous collection")
+    p.add_argument("--summary", help="write the build's run summary (plus the collection name) as JSON here")
+    args = p.parse_args(argv)
+    setup_logging()
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if not cfg.milvus.alias or not cfg.checkpoint.uri:
+            raise ConfigError("jobs.reindex needs milvus.alias (what readers query) and checkpoint.uri (its history)")
+    except ConfigError as e:
+        log.error("invalid config: %s", e)
+        return EXIT_INVALID
+    if args.rollback:
+        try:
+            log.info("alias %s now points at %s", cfg.milvus.alias, rollback(cfg))
+            return EXIT_OK
+        except ValueError as e:
+            log.error("cannot roll back: %s", e)
+            return EXIT_INVALID
+    name = args.collection or derived_name(cfg)
+    cfg = dataclasses.replace(cfg, mode="full", milvus=dataclasses.replace(cfg.milvus, collection=name))
+    log.info("reindex into %s, config %s", name, json.dumps(redact(cfg), default=str))
+
+    from cluster import driver
+
+    try:
+        the_plan = driver.plan(cfg)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
+        log.error("cannot start: %s", e)
+        return EXIT_INVALID
+    init_ray(cfg)
+    try:
+        summary = driver.run(cfg, the_plan)
+        validate(cfg, name, summary)
+        dropped = swap(cfg, name)
+    except Exception:
+        log.exception("reindex failed; the alias %s was not moved", cfg.milvus.alias)
+        return EXIT_FAILED
+    summary = {**summary, "collection": name, "alias": cfg.milvus.alias, "dropped": dropped}
+    log.info("reindex done: %s", json.dumps(summary))
+    if args.summary:
+        with open(args.summary, "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
