@@ -41,6 +41,7 @@ demo: model sample
 		--json .cache/demo/evaluation.json
 
 test: install
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 lint: install

@@ -72,7 +72,7 @@ def main() -> None:
     # Windows of long documents are re-tokenized from their text by the baseline, which can differ
     # at the window edges; single-chunk documents must give the same vectors.
     single = np.bincount(chunks.doc)[chunks.doc] == 1
-    for precision, (secs, stats, dense, dtype) in results.items():
+    for secs, stats, dense, dtype in results.values():
         cos = np.sum(dense * base, axis=1)[single]
         print(f"{'Encoder token-budget ' + dtype.replace('torch.', ''):34s} {secs:8.2f} {len(docs) / secs:8.1f} "
               f"{tokens / secs:9.0f} {stats.padding_efficiency:11.3f} {base_s / secs:8.2f}"

@@ -19,6 +19,9 @@ CHUNK_INDEX = "chunk_index"
 INPUT_IDS = "input_ids"  # list<int32>, special tokens and prefix included
 N_TOKENS = "n_tokens"
 TRUNCATED = "truncated"  # the document was cut by chunking.long_docs=truncate
+LANG = "_lang"  # the document's language (source.lang_column) or dominant script, for statistics
+DOC_CHARS = "_doc_chars"  # characters of the whole document
+AT_LIMIT = "_at_limit"  # the chunk is a full window: its document was longer than the limit
 
 # Added by the embed stage (input_ids removed).
 DENSE = "dense"  # list<float32>, length model.dense_dim

@@ -26,7 +26,8 @@ def build_dataset(cfg: JobConfig, shards: list[Shard]) -> ray.data.Dataset:
     ds = ray.data.from_items(shard_rows(shards), override_num_blocks=max(1, len(shards)))
     ds = ds.map_batches(read_shards, fn_kwargs={"source": cfg.source}, batch_size=1, batch_format="pyarrow",
                         num_cpus=0.5)
-    ds = ds.map_batches(tokenize_docs, fn_kwargs={"model": cfg.model, "chunking": cfg.chunking},
+    ds = ds.map_batches(tokenize_docs, fn_kwargs={"model": cfg.model, "chunking": cfg.chunking,
+                                                  "lang_column": cfg.source.lang_column},
                         batch_format="pyarrow", num_cpus=0.5)
     ds = ds.map_batches(
         EmbedStage,

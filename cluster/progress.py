@@ -46,6 +46,7 @@ class RunTracker:
         self.shards_failed = self.shards_skipped = self.duplicate_ids = self.docs_deleted = 0
         self.stale_ids: list[str] = []  # ids that left a changed shard (incremental deletes)
         self._seen_ids = np.zeros(0, dtype=np.uint64)  # hashes of the ids of finished shards (8 bytes each)
+        self.languages: dict[str, dict[str, int]] = {}
 
     def observe(self, table: pa.Table) -> list[str]:
         """Count one batch from the pipeline; returns the shards it completed."""
@@ -82,11 +83,37 @@ class RunTracker:
                     self.chunks_failed += 1
         is_chunk = (chunk_index >= 0)
         ok = is_chunk & ~err
+        self._count_languages(table, ok, chunk_index)
         self.chunks_embedded += int(ok.sum())
         self.tokens += int(table.column(c.N_TOKENS).to_numpy(zero_copy_only=False)[ok].sum())
         self.padded_tokens += int(table.column(PADDED_LEN).to_numpy(zero_copy_only=False)[ok].sum())
-        self.truncated_docs += int((table.column(c.TRUNCATED).to_numpy(zero_copy_only=False) & (chunk_index == 0)).sum())
+        truncated = table.column(c.TRUNCATED).to_numpy(zero_copy_only=False)
+        self.truncated_docs += int((truncated & (chunk_index == 0)).sum())
         return [p for p in touched if self.shards[p].done]
+
+    def _count_languages(self, table: pa.Table, ok: np.ndarray, chunk_index: np.ndarray) -> None:
+        """Documents, characters, tokens, chunks and full-window chunks per language."""
+        langs = table.column(c.LANG).to_pylist()
+        chars = table.column(c.DOC_CHARS).to_numpy(zero_copy_only=False)
+        tokens = table.column(c.N_TOKENS).to_numpy(zero_copy_only=False)
+        at_limit = table.column(c.AT_LIMIT).to_numpy(zero_copy_only=False)
+        for i in np.flatnonzero(ok):
+            stats = self.languages.setdefault(langs[i] or "unknown",
+                                              {"docs": 0, "chars": 0, "tokens": 0, "chunks": 0, "chunks_at_limit": 0})
+            if chunk_index[i] == 0:
+                stats["docs"] += 1
+                stats["chars"] += int(chars[i])
+            stats["tokens"] += int(tokens[i])
+            stats["chunks"] += 1
+            stats["chunks_at_limit"] += int(at_limit[i])
+
+    def language_summary(self) -> dict[str, dict[str, float]]:
+        """Per language: counts, tokens per character (tokenizer cost), share of chunks at the length limit."""
+        out = {}
+        for lang, s in sorted(self.languages.items()):
+            out[lang] = {**s, "tokens_per_char": round(s["tokens"] / s["chars"], 4) if s["chars"] else 0.0,
+                         "chunks_at_limit_share": round(s["chunks_at_limit"] / s["chunks"], 4) if s["chunks"] else 0.0}
+        return out
 
     def finish_shard(self, path: str) -> list[str]:
         """Count duplicate ids of a finished shard (inside it and against earlier shards); returns its ids."""
@@ -138,6 +165,7 @@ class RunTracker:
             "docs_per_s": round(self.docs_read / elapsed, 3) if elapsed > 0 else 0.0,
             "tokens_per_s": round(self.tokens / elapsed, 1) if elapsed > 0 else 0.0,
             "padding_efficiency": round(self.tokens / self.padded_tokens, 4) if self.padded_tokens else 1.0,
+            "languages": self.language_summary(),
         }
 
 

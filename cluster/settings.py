@@ -20,6 +20,8 @@ class SourceConfig:
     text_column: str = doc("Column holding the text to embed.", "text")
     metadata_columns: list[str] = doc("Extra columns copied into Milvus (scalar values: str, int, float, bool).",
                                       default_factory=list)
+    lang_column: str | None = doc("Metadata column with each document's language, for the per-language "
+                                  "statistics of the run summary. Empty = group by detected dominant script.")
     storage_options: dict[str, object] = doc("s3fs options: endpoint_url, key, secret, ... "
                                              "Credentials may come from AWS_* environment variables instead.",
                                              default_factory=dict, secret=True)
@@ -29,10 +31,13 @@ class SourceConfig:
         if not self.uri:
             raise ValueError("source.uri is required: a local path, glob, or s3://bucket/prefix")
         choice("source.format", self.format, ("auto", "parquet", "jsonl", "jsonl.gz"))
+        if self.lang_column and self.lang_column not in self.metadata_columns:
+            raise ValueError(f"source.lang_column {self.lang_column!r} must also be listed in source.metadata_columns")
         if self.read_batch_rows < 1:
             raise ValueError("source.read_batch_rows must be >= 1")
         reserved = {"pk", "doc_id", "chunk_index", "text", "dense", "sparse", "_shard", "_row", "_shard_end", "error",
-                    "input_ids", "n_tokens", "n_chunks", "truncated", "sparse_indices", "sparse_values", "padded_len"}
+                    "input_ids", "n_tokens", "n_chunks", "truncated", "sparse_indices", "sparse_values", "padded_len",
+                    "_lang", "_doc_chars", "_at_limit"}
         clash = reserved.intersection(self.metadata_columns)
         if clash:
             raise ValueError(f"source.metadata_columns: {sorted(clash)} clash with reserved output fields; rename them")

@@ -40,9 +40,11 @@ class ModelConfig:
     sparse: bool | Literal["auto"] = doc("BGE-M3 lexical weights from sparse_linear.pt: auto (when the head exists), "
                                          "true (required), false (off).", "auto")
     sparse_top_k: int | None = doc("Keep only the K largest sparse weights per chunk. Empty = keep all.")
-    precision: Precision = doc("auto (fp16 on CUDA; bf16 on CPUs with native bf16, else fp32), fp32, fp16, bf16.", "auto")
+    precision: Precision = doc("auto (fp16 on CUDA; bf16 on CPUs with native bf16, else fp32), fp32, fp16, bf16.",
+                               "auto")
     device: Literal["auto", "cpu", "cuda"] = doc("Where the forward pass runs; auto = CUDA when visible.", "auto")
-    passage_prefix: str | None = doc("Prefix for documents. Empty = the model's own 'passage'/'document' prompt, if any.")
+    passage_prefix: str | None = doc("Prefix for documents. Empty = the model's own 'passage'/'document' prompt, "
+                                     "if any.")
     query_prefix: str | None = doc("Prefix for queries. Empty = the model's own 'query' prompt, if any.")
     query_instruction: str | None = doc("Task description for instruction-tuned models; queries become "
                                         "instruction_template with {task} and {text} filled in.")

@@ -53,7 +53,8 @@ class TextTokenizer:
         if size > self.max_len:
             raise ValueError(f"chunking.chunk_tokens {size} exceeds model.max_seq_length {self.max_len}")
         self.window = size
-        fixed = len(self.head) + len(self.tail) + len(self.tok(self.passage_prefix, add_special_tokens=False)["input_ids"])
+        prefix_ids = self.tok(self.passage_prefix, add_special_tokens=False)["input_ids"]
+        fixed = len(self.head) + len(self.tail) + len(prefix_ids)
         if fixed >= size:
             raise ValueError(f"chunking.chunk_tokens {size} leaves no room for text after {fixed} special and prefix "
                              "tokens; raise chunk_tokens or shorten the prefix")

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from cluster import contract as c
 from cluster.stages.arrow import SHARD_END, is_payload, list_array
+from embedder.language import dominant_script
 from embedder.models.info import load_model_info
 from embedder.settings import ChunkingConfig, ModelConfig
 from embedder.tokenize import TextTokenizer
@@ -44,7 +45,8 @@ def reject_long_ids(table: pa.Table) -> pa.Table:
     return table.set_column(table.schema.get_field_index(c.ERROR), c.ERROR, errors)
 
 
-def tokenize_docs(table: pa.Table, *, model: ModelConfig, chunking: ChunkingConfig) -> pa.Table:
+def tokenize_docs(table: pa.Table, *, model: ModelConfig, chunking: ChunkingConfig,
+                  lang_column: str | None = None) -> pa.Table:
     """Add pk, chunk_index, input_ids, n_tokens, n_chunks, truncated; chunk texts replace doc texts."""
     c.require_columns("tokenize", table.column_names, c.READ_COLUMNS)
     tok = get_tokenizer(model, chunking)
@@ -81,6 +83,18 @@ def tokenize_docs(table: pa.Table, *, model: ModelConfig, chunking: ChunkingConf
     n_chunks = np.zeros(len(src), dtype=np.int32)
     n_chunks[:n_chunk_rows] = per_doc[np.asarray(chunks.doc, dtype=np.int64)]
     valid = np.arange(len(src)) < n_chunk_rows
+    langs = table.column(lang_column).to_pylist() if lang_column else None
+    doc_lang = [None] * len(src)
+    doc_chars = np.zeros(len(src), dtype=np.int64)
+    for k in range(n_chunk_rows):
+        i = payload[chunks.doc[k]]
+        doc_chars[k] = len(texts[i])
+        if langs is not None and langs[i] is not None:
+            doc_lang[k] = str(langs[i])
+        elif chunks.chunk_index[k] == 0 or langs is not None:
+            doc_lang[k] = "unknown" if langs is not None else dominant_script(texts[i])
+        else:
+            doc_lang[k] = doc_lang[k - 1]  # later chunks of the same document follow its first
     out = out.add_column(text_pos, c.TEXT, pa.array(chunk_texts, pa.large_string()).cast(pa.string()))
     out = out.set_column(out.schema.get_field_index(c.ERROR), c.ERROR, pa.array(errors, pa.string()))
     return (out.append_column(c.PK, pa.array(pks, pa.string()))
@@ -88,6 +102,9 @@ def tokenize_docs(table: pa.Table, *, model: ModelConfig, chunking: ChunkingConf
             .append_column(c.INPUT_IDS, list_array(offsets, ids.astype(np.int32), valid))
             .append_column(c.N_TOKENS, pa.array(lengths.astype(np.int32)))
             .append_column(N_CHUNKS, pa.array(n_chunks))
+            .append_column(c.LANG, pa.array(doc_lang, pa.string()))
+            .append_column(c.DOC_CHARS, pa.array(doc_chars))
+            .append_column(c.AT_LIMIT, pa.array(lengths >= tok.window))
             .append_column(c.TRUNCATED, pa.array(chunks.truncated + [False] * (len(src) - n_chunk_rows), pa.bool_())))
 
 

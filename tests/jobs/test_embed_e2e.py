@@ -43,8 +43,9 @@ def upload_shards(opts: dict[str, Any], bucket: str, rows: list[dict[str, str]],
 
 def expected_chunks(model_dir: Path, rows: list[dict[str, str]]) -> int:
     """Chunk count computed independently of the pipeline (tokenizer + window arithmetic)."""
-    from embedder.chunking import windows
     from transformers import AutoTokenizer
+
+    from embedder.chunking import windows
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     total = 0
@@ -59,7 +60,7 @@ def expected_chunks(model_dir: Path, rows: list[dict[str, str]]) -> int:
 def job_config(tmp_path: Path, uri: str, opts: dict[str, Any], model: Path, **model_extra: Any) -> Path:
     return write_config(
         tmp_path / "job.yaml",
-        source={"uri": uri, "storage_options": opts, "metadata_columns": ["lang", "topic"]},
+        source={"uri": uri, "storage_options": opts, "metadata_columns": ["lang", "topic"], "lang_column": "lang"},
         model={"name": str(model), "dense_dim": 256, "precision": "fp32", **model_extra},
         cluster={"workers": 1, "cpus_per_worker": 1},
         milvus={"uri": str(tmp_path / "milvus.db"), "collection": "docs"},
@@ -100,6 +101,12 @@ def test_s3_to_milvus_end_to_end(fmt: str, tmp_path: Path, s3_server: dict[str, 
     assert summary["chunks_embedded"] == summary["rows_written"] == chunks
     assert summary["docs_failed"] == 0 and summary["shards_done"] == 3
     assert 0.5 < summary["padding_efficiency"] <= 1.0
+    langs = summary["languages"]
+    assert set(langs) == {r["lang"] for r in small_corpus}
+    assert langs["ja"]["docs"] == sum(1 for r in small_corpus if r["lang"] == "ja")
+    assert sum(v["chunks"] for v in langs.values()) == chunks
+    assert langs["en"]["chunks_at_limit_share"] > 0 and langs["de"]["chunks_at_limit_share"] == 0  # the handbook
+    assert langs["zh"]["tokens_per_char"] > langs["en"]["tokens_per_char"]  # Han: more tokens per character
 
     from pymilvus import MilvusClient
 

@@ -99,8 +99,9 @@ def test_a_vector_still_non_finite_in_fp32_is_an_error_row(tmp_path: Path, tiny_
 
     model = ModelConfig(name=str(broken), precision="fp32")
     chunking = ChunkingConfig(overlap=4)
-    docs = pa.table({"doc_id": ["x"], "text": ["The quick brown fox."], "_shard": ["s"], "_row": pa.array([0], pa.int64()),
-                     "error": pa.nulls(1, pa.string()), "_shard_end": pa.nulls(1, pa.int64())})
+    docs = pa.table({"doc_id": ["x"], "text": ["The quick brown fox."], "_shard": ["s"],
+                     "_row": pa.array([0], pa.int64()), "error": pa.nulls(1, pa.string()),
+                     "_shard_end": pa.nulls(1, pa.int64())})
     out = EmbedStage(model, BatchConfig(max_tokens=1024), chunking)(tokenize_docs(docs, model=model, chunking=chunking))
     assert out.column("error")[0].as_py().startswith("non-finite vector")
     assert out.column("dense")[0].as_py() is None
