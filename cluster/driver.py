@@ -38,6 +38,7 @@ class Plan:
     skipped: int = 0  # shards the manifest records as finished and unchanged
     previous: dict[str, dict[str, Any]] = field(default_factory=dict)  # manifest records of this identity
     vanished: list[str] = field(default_factory=list)  # recorded shards no longer in the source
+    kept: list[str] = field(default_factory=list)  # recorded, unchanged shards skipped by this run
 
 
 def plan(cfg: JobConfig) -> Plan:
@@ -82,8 +83,9 @@ def plan(cfg: JobConfig) -> Plan:
     if len(todo) < len(shards):
         log.info("manifest %s: %d of %d shard(s) already done and unchanged, skipped", manifest.uri,
                  len(shards) - len(todo), len(shards))
+    todo_paths = {s.path for s in todo}
     return Plan(shards=todo, spec=spec, client=client, manifest=manifest, skipped=len(shards) - len(todo),
-                previous=previous, vanished=vanished)
+                previous=previous, vanished=vanished, kept=[s.path for s in shards if s.path not in todo_paths])
 
 
 def metadata_types(cfg: JobConfig, shards: list[Shard]) -> dict[str, pa.DataType]:
@@ -179,10 +181,18 @@ def record(the_plan: Plan, tracker: RunTracker, by_path: dict[str, Shard], finis
 
 
 def delete_missing(the_plan: Plan, tracker: RunTracker) -> None:
-    """Incremental: remove documents whose shard vanished or that left a changed shard."""
-    ids = list(tracker.stale_ids)
+    """Incremental: remove documents whose shard vanished or that left a changed shard.
+
+    A document that merely moved (to a shard processed in this run, or to an unchanged one) is
+    still in the source and is kept.
+    """
+    candidates = set(tracker.stale_ids)
     for path in the_plan.vanished:
-        ids.extend(the_plan.manifest.doc_ids(path))
+        candidates.update(the_plan.manifest.doc_ids(path))
+    candidates -= set(tracker.already_seen(sorted(candidates)))
+    for path in the_plan.kept if candidates else []:
+        candidates -= set(the_plan.manifest.doc_ids(path))
+    ids = sorted(candidates)
     for start in range(0, len(ids), 1000):
         part = ids[start:start + 1000]
         the_plan.client.delete(the_plan.spec.name, filter=f"doc_id in {json.dumps(part, ensure_ascii=False)}")

@@ -127,6 +127,11 @@ class RunTracker:
         st.doc_ids = []
         return ids
 
+    def already_seen(self, ids: list[str]) -> list[str]:
+        """Those of ``ids`` that a shard finished in this run holds."""
+        hashes = np.fromiter((_id_hash(d) for d in ids), dtype=np.uint64, count=len(ids))
+        return [d for d, hit in zip(ids, np.isin(hashes, self._seen_ids)) if hit]
+
     def shards_done(self) -> int:
         return sum(1 for s in self.shards.values() if s.done)
 

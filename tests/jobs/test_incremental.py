@@ -75,6 +75,13 @@ def test_incremental_runs(tmp_path: Path, tiny_m3_dir: Path, ray_local: None) ->
     code, s = run(cfg)  # and again nothing to do
     assert s["shards"] == 0 and s["docs_deleted"] == 0
 
+    shard(src, "c.parquet", ["c1", "a3"], tag="moved")  # a3 moves from a.parquet to c.parquet: kept
+    shard(src, "a.parquet", ["a1"], tag="v2")
+    code, s = run(cfg)
+    assert code == 0 and s["docs_deleted"] == 0
+    now = doc_ids(tmp_path / "m.db")
+    assert set(now) == {"a1", "a3", "c1"} and "moved" in now["a3"]
+
 
 def test_full_mode_resumes_then_starts_over(tmp_path: Path, tiny_m3_dir: Path, ray_local: None) -> None:
     src = tmp_path / "docs"
