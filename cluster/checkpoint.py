@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 def job_identity(cfg: JobConfig) -> dict[str, Any]:
     """The settings that decide which rows a shard produces and where they go (no secrets)."""
+    from cluster.milvus.errors import redact as strip_credentials
+
     m, s = cfg.model, cfg.source
     return {
         "source": {"uri": s.uri, "format": s.format, "id_column": s.id_column, "text_column": s.text_column,
@@ -36,7 +38,8 @@ def job_identity(cfg: JobConfig) -> dict[str, Any]:
                   "passage_prefix": m.passage_prefix, "max_seq_length": m.max_seq_length, "normalize": m.normalize},
         "chunking": {"long_docs": cfg.chunking.long_docs, "chunk_tokens": cfg.chunking.chunk_tokens,
                      "overlap": cfg.chunking.overlap},
-        "milvus": {"uri": cfg.milvus.uri, "collection": cfg.milvus.collection, "store_text": cfg.milvus.store_text},
+        "milvus": {"uri": strip_credentials(cfg.milvus.uri), "db_name": cfg.milvus.db_name,
+                   "collection": cfg.milvus.collection, "store_text": cfg.milvus.store_text},
     }
 
 
@@ -82,18 +85,38 @@ class Manifest:
 
     def doc_ids(self, path: str) -> list[str]:
         """The document ids a finished shard held (for incremental deletes)."""
-        ids = f"{self.root}/shards/{shard_key(path)}.ids"
-        if not self.fs.exists(ids):
-            return []
-        with self.fs.open(ids, "r", encoding="utf-8") as f:
-            return [line.rstrip("\n") for line in f if line.strip()]
+        return self._read_ids(f"{self.root}/shards/{shard_key(path)}.ids")
 
     def mark_done(self, shard: Shard, counts: dict[str, Any], doc_ids: Iterable[str]) -> None:
         """Record ``shard`` as finished: ids first, then the record (its presence means done)."""
         base = f"{self.root}/shards/{shard_key(shard.path)}"
-        self._put(base + ".ids", "".join(f"{d}\n" for d in sorted(set(doc_ids))))
+        self._put(base + ".ids", "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in sorted(set(doc_ids))))
         rec = {"path": shard.path, "size": shard.size, "version": shard.version, "finished_at": time.time(), **counts}
         self._put(base + ".json", json.dumps(rec, sort_keys=True))
+
+    def add_pending_deletes(self, path: str, doc_ids: Iterable[str]) -> None:
+        """Ids that left a changed shard: kept until a delete_missing run removes them (a crash in
+        between must not forget them, since the shard itself is recorded as done)."""
+        target = f"{self.root}/pending/{shard_key(path)}.ids"
+        ids = set(doc_ids) | set(self._read_ids(target))
+        self.fs.makedirs(f"{self.root}/pending", exist_ok=True)
+        self._put(target, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in sorted(ids)))
+
+    def pending_deletes(self) -> tuple[list[str], list[str]]:
+        """(ids waiting for deletion, the files holding them)."""
+        self.fs.invalidate_cache(f"{self.root}/pending")
+        files = self.fs.glob(f"{self.root}/pending/*.ids")
+        return sorted({d for f in files for d in self._read_ids(f)}), files
+
+    def clear_pending(self, files: list[str]) -> None:
+        for f in files:
+            self.fs.rm(f)
+
+    def _read_ids(self, path: str) -> list[str]:
+        if not self.fs.exists(path):
+            return []
+        with self.fs.open(path, "r", encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
 
     def forget(self, path: str) -> None:
         """Drop a shard's record (its file was removed from the source)."""

@@ -42,8 +42,12 @@ class DeadLetter:
         self.files.append(path)
         self.buffer = []
 
-    def close(self) -> list[str]:
-        """Write what is buffered; returns the files written."""
+    def flush(self) -> None:
+        """Write what is buffered (before shards are recorded: a crash must not lose their rejects)."""
         if self.uri and self.buffer:
             self._write()
+
+    def close(self) -> list[str]:
+        """Write what is buffered; returns the files written."""
+        self.flush()
         return self.files

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cluster import contract as c
 from cluster.checkpoint import Manifest, job_identity
@@ -39,6 +40,7 @@ class Plan:
     previous: dict[str, dict[str, Any]] = field(default_factory=dict)  # manifest records of this identity
     vanished: list[str] = field(default_factory=list)  # recorded shards no longer in the source
     kept: list[str] = field(default_factory=list)  # recorded, unchanged shards skipped by this run
+    replaces_rows: bool = False  # the collection existed: documents may have older, longer versions
 
 
 def plan(cfg: JobConfig) -> Plan:
@@ -68,9 +70,22 @@ def plan(cfg: JobConfig) -> Plan:
                           store_text=cfg.milvus.store_text, text_max_length=cfg.milvus.text_max_length,
                           metadata=metadata_types(cfg, shards))
     client = connect(cfg.milvus)
-    ensure_collection(client, spec)
+    try:
+        return _plan_shards(cfg, shards, spec, client, created=ensure_collection(client, spec))
+    except BaseException:
+        client.close()
+        raise
+
+
+def _plan_shards(cfg: JobConfig, shards: list[Shard], spec: Any, client: Any, *, created: bool) -> Plan:
+    """Which shards to process, from the manifest; bulk imports only into an empty collection."""
+    if cfg.milvus.mode == "bulk_import" and not created:
+        rows = int(client.query(spec.name, filter="", output_fields=["count(*)"])[0]["count(*)"])
+        if rows:
+            raise ValueError(f"milvus.mode bulk_import inserts rows, and collection {spec.name!r} already holds "
+                             f"{rows}: import into a new collection (jobs.reindex) or use milvus.mode upsert")
     if not cfg.checkpoint.uri:
-        return Plan(shards=shards, spec=spec, client=client)
+        return Plan(shards=shards, spec=spec, client=client, replaces_rows=not created)
     manifest = Manifest(cfg.checkpoint.uri, cfg.checkpoint.storage_options or cfg.source.storage_options,
                         job_identity(cfg))
     if cfg.mode == "full" and manifest.run_finished():
@@ -85,7 +100,8 @@ def plan(cfg: JobConfig) -> Plan:
                  len(shards) - len(todo), len(shards))
     todo_paths = {s.path for s in todo}
     return Plan(shards=todo, spec=spec, client=client, manifest=manifest, skipped=len(shards) - len(todo),
-                previous=previous, vanished=vanished, kept=[s.path for s in shards if s.path not in todo_paths])
+                previous=previous, vanished=vanished, kept=[s.path for s in shards if s.path not in todo_paths],
+                replaces_rows=not created)
 
 
 def metadata_types(cfg: JobConfig, shards: list[Shard]) -> dict[str, pa.DataType]:
@@ -113,32 +129,39 @@ def run(cfg: JobConfig, the_plan: Plan) -> dict[str, object]:
     from cluster.pipeline import build_dataset
 
     bulk = cfg.milvus.mode == "bulk_import"
-    # bulk_import: parquet import files in the server's bucket, imported at the end (insert, not upsert).
-    writer = BulkFileWriter(the_plan.spec, cfg.milvus) if bulk else MilvusWriter(the_plan.client, the_plan.spec,
-                                                                                 cfg.milvus)
     tracker = RunTracker(the_plan.shards)
     tracker.shards_skipped = the_plan.skipped
-    dead = DeadLetter(cfg.errors.uri, cfg.source.storage_options, time.strftime("%Y%m%dT%H%M%S"))
     by_path = {s.path: s for s in the_plan.shards}
     finished: list[str] = []  # shards complete in the stream, recorded once their rows are flushed
-    last_log = time.monotonic()
+    last_log = last_record = time.monotonic()
+    dead = None
     log.info("embedding %d shard(s) into %s (dense %d, sparse %s)", len(the_plan.shards), cfg.milvus.collection,
              the_plan.spec.dense_dim, the_plan.spec.has_sparse)
     try:
+        dead = DeadLetter(cfg.errors.uri, cfg.source.storage_options, time.strftime("%Y%m%dT%H%M%S"))
+        # bulk_import: parquet import files in the server's bucket, imported at the end (insert, not upsert).
+        writer = BulkFileWriter(the_plan.spec, cfg.milvus) if bulk else MilvusWriter(the_plan.client, the_plan.spec,
+                                                                                     cfg.milvus)
         if the_plan.shards:
             for batch in build_dataset(cfg, the_plan.shards).iter_batches(batch_format="pyarrow", batch_size=None):
                 done = tracker.observe(batch)
                 errors = ~batch.column(c.ERROR).is_null().to_numpy(zero_copy_only=False)
                 payload = ~errors & batch.column(SHARD_END).is_null().to_numpy(zero_copy_only=False)
                 if payload.any():
-                    tracker.rows_written += writer.write(batch.filter(pa.array(payload)))
+                    rows = batch.filter(pa.array(payload))
+                    tracker.rows_written += writer.write(rows)
+                    if not bulk:
+                        drop_stale_tails(writer, rows, the_plan)
                 if errors.any():
                     report_rejects(cfg, batch.filter(pa.array(errors)), dead)
                 check_error_ratio(cfg, tracker, final=False)
                 finished.extend(done)
-                if finished and not bulk:
+                # Record finished shards every few seconds: a flush per shard would stall on many small shards.
+                if finished and not bulk and time.monotonic() - last_record >= 5:
                     writer.flush()
+                    dead.flush()
                     record(the_plan, tracker, by_path, finished)
+                    last_record = time.monotonic()
                 if time.monotonic() - last_log >= cfg.log_every_s:
                     log.info(tracker.progress_line())
                     last_log = time.monotonic()
@@ -148,21 +171,44 @@ def run(cfg: JobConfig, the_plan: Plan) -> dict[str, object]:
             run_import(cfg.milvus, files, collection=cfg.milvus.collection)
         else:
             writer.flush()
+        dead.flush()
         record(the_plan, tracker, by_path, finished)
         if cfg.delete_missing:
-            delete_missing(the_plan, tracker)
+            delete_missing(the_plan, tracker, writer)
         check_error_ratio(cfg, tracker, final=True)
     finally:
-        files = dead.close()
-        if files:
-            log.warning("%d rejected row(s) written to %s", dead.count, ", ".join(files))
-        the_plan.client.close()
+        try:
+            files = dead.close() if dead is not None else []
+            if files:
+                log.warning("%d rejected row(s) written to %s", dead.count, ", ".join(files))
+        finally:
+            the_plan.client.close()
     summary = tracker.summary()
     if the_plan.manifest is not None and summary["shards_done"] == len(the_plan.shards):
         the_plan.manifest.set_finished(True, summary)
     log.info(tracker.progress_line())
     log.info("summary %s", json.dumps(summary))
     return summary
+
+
+def drop_stale_tails(writer: Any, rows: pa.Table, the_plan: Plan) -> None:
+    """Delete chunks beyond a document's new chunk count (left by a longer earlier version of it).
+
+    Only needed when older versions may exist: the collection existed before this run, or the
+    shard was recorded by an earlier run.
+    """
+    from cluster.stages.tokenize import N_CHUNKS
+
+    first = rows.filter(pc.equal(rows.column(c.CHUNK_INDEX), 0))
+    if not first.num_rows:
+        return
+    if not the_plan.replaces_rows:
+        first = first.filter(pa.array([p in the_plan.previous for p in first.column(c.SHARD).to_pylist()]))
+    by_count: dict[int, list[str]] = {}
+    for doc_id, n in zip(first.column(c.DOC_ID).to_pylist(), first.column(N_CHUNKS).to_pylist()):
+        by_count.setdefault(int(n), []).append(doc_id)
+    for n, ids in by_count.items():
+        writer.delete(f"doc_id in {json.dumps(ids, ensure_ascii=False)} and chunk_index >= {n}")
 
 
 def record(the_plan: Plan, tracker: RunTracker, by_path: dict[str, Shard], finished: list[str]) -> None:
@@ -175,18 +221,19 @@ def record(the_plan: Plan, tracker: RunTracker, by_path: dict[str, Shard], finis
             if old is not None:  # a changed shard: ids that left it are deleted later (delete_missing)
                 gone = set(the_plan.manifest.doc_ids(path)) - set(ids)
                 if gone:
-                    tracker.stale_ids.extend(sorted(gone))
+                    the_plan.manifest.add_pending_deletes(path, gone)
             the_plan.manifest.mark_done(by_path[path], {"docs": st.docs_total, "chunks": st.chunks_seen}, ids)
     finished.clear()
 
 
-def delete_missing(the_plan: Plan, tracker: RunTracker) -> None:
+def delete_missing(the_plan: Plan, tracker: RunTracker, writer: Any) -> None:
     """Incremental: remove documents whose shard vanished or that left a changed shard.
 
     A document that merely moved (to a shard processed in this run, or to an unchanged one) is
     still in the source and is kept.
     """
-    candidates = set(tracker.stale_ids)
+    pending, pending_files = the_plan.manifest.pending_deletes()
+    candidates = set(pending)
     for path in the_plan.vanished:
         candidates.update(the_plan.manifest.doc_ids(path))
     candidates -= set(tracker.already_seen(sorted(candidates)))
@@ -194,13 +241,13 @@ def delete_missing(the_plan: Plan, tracker: RunTracker) -> None:
         candidates -= set(the_plan.manifest.doc_ids(path))
     ids = sorted(candidates)
     for start in range(0, len(ids), 1000):
-        part = ids[start:start + 1000]
-        the_plan.client.delete(the_plan.spec.name, filter=f"doc_id in {json.dumps(part, ensure_ascii=False)}")
+        writer.delete(f"doc_id in {json.dumps(ids[start:start + 1000], ensure_ascii=False)}")
     if ids:
         log.info("deleted the chunks of %d document(s) no longer in the source", len(ids))
     tracker.docs_deleted = len(ids)
     for path in the_plan.vanished:
         the_plan.manifest.forget(path)
+    the_plan.manifest.clear_pending(pending_files)
 
 
 def report_rejects(cfg: JobConfig, rejected: pa.Table, dead: DeadLetter) -> None:
@@ -216,6 +263,9 @@ def report_rejects(cfg: JobConfig, rejected: pa.Table, dead: DeadLetter) -> None
 
 
 def check_error_ratio(cfg: JobConfig, tracker: RunTracker, *, final: bool) -> None:
+    if final and tracker.shards and tracker.shards_failed == len(tracker.shards):
+        raise RejectedInput(f"every shard ({len(tracker.shards)}) failed to read; see the dead-letter files under "
+                            f"{cfg.errors.uri} or the log")
     read = tracker.docs_read
     if read and (final or read >= 1000) and tracker.docs_failed / read > cfg.errors.max_error_ratio:
         raise RejectedInput(f"{tracker.docs_failed} of {read} documents rejected, more than errors.max_error_ratio="

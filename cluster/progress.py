@@ -30,8 +30,14 @@ class ShardState:
 
     @property
     def done(self) -> bool:
+        """Everything of the shard has arrived (it may still have failed: see ``error``)."""
         return (self.docs_total is not None and self.docs_seen >= self.docs_total
                 and self.chunks_seen >= self.chunks_expected)
+
+    @property
+    def ok(self) -> bool:
+        """Done without a shard-level failure."""
+        return self.done and self.error is None
 
 
 class RunTracker:
@@ -44,8 +50,9 @@ class RunTracker:
         self.docs_read = self.docs_failed = self.chunks_embedded = self.chunks_failed = 0
         self.rows_written = self.tokens = self.padded_tokens = self.truncated_docs = 0
         self.shards_failed = self.shards_skipped = self.duplicate_ids = self.docs_deleted = 0
-        self.stale_ids: list[str] = []  # ids that left a changed shard (incremental deletes)
-        self._seen_ids = np.zeros(0, dtype=np.uint64)  # hashes of the ids of finished shards (8 bytes each)
+        # Hashes of the ids of finished shards (8 bytes each), as sorted runs merged now and then
+        # (one growing array re-sorted per shard would cost quadratic time).
+        self._seen_runs: list[np.ndarray] = []
         self.languages: dict[str, dict[str, int]] = {}
 
     def observe(self, table: pa.Table) -> list[str]:
@@ -122,18 +129,27 @@ class RunTracker:
         unique = set(ids)
         self.duplicate_ids += len(ids) - len(unique)
         hashes = np.fromiter((_id_hash(d) for d in unique), dtype=np.uint64, count=len(unique))
-        self.duplicate_ids += int(np.isin(hashes, self._seen_ids, assume_unique=True).sum())
-        self._seen_ids = np.union1d(self._seen_ids, hashes)
+        self.duplicate_ids += int(self._seen_mask(hashes).sum())
+        self._seen_runs.append(np.sort(hashes))
+        if len(self._seen_runs) > 32:
+            self._seen_runs = [np.unique(np.concatenate(self._seen_runs))]
         st.doc_ids = []
         return ids
 
     def already_seen(self, ids: list[str]) -> list[str]:
         """Those of ``ids`` that a shard finished in this run holds."""
         hashes = np.fromiter((_id_hash(d) for d in ids), dtype=np.uint64, count=len(ids))
-        return [d for d, hit in zip(ids, np.isin(hashes, self._seen_ids)) if hit]
+        return [d for d, hit in zip(ids, self._seen_mask(hashes)) if hit]
+
+    def _seen_mask(self, hashes: np.ndarray) -> np.ndarray:
+        seen = np.zeros(len(hashes), dtype=bool)
+        for run in self._seen_runs:
+            seen |= np.isin(hashes, run)
+        return seen
 
     def shards_done(self) -> int:
-        return sum(1 for s in self.shards.values() if s.done)
+        """Shards finished without a shard-level failure."""
+        return sum(1 for s in self.shards.values() if s.ok)
 
     def progress_line(self) -> str:
         """Documents and shards done, rate and ETA (by bytes of finished shards)."""

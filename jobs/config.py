@@ -86,6 +86,9 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (),
     cfg = build(JobConfig, raw, "")
     if cfg.delete_missing and cfg.mode != "incremental":
         raise ConfigError("delete_missing needs mode: incremental")
+    if cfg.milvus.mode == "bulk_import" and cfg.mode == "incremental":
+        raise ConfigError("milvus.mode bulk_import inserts (it cannot replace changed documents): use it for "
+                          "full loads into a new collection, and mode: incremental with milvus.mode upsert")
     if cfg.mode == "incremental" and not cfg.checkpoint.uri:
         raise ConfigError("mode: incremental needs checkpoint.uri (where earlier runs are recorded)")
     return cfg
@@ -188,6 +191,10 @@ def redact(value: Any) -> Any:
         value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
         return {k: ("***" if v and _is_secret(str(k)) else redact(v)) for k, v in value.items()}
+    if isinstance(value, str) and "://" in value and "@" in value:  # https://user:password@host
+        from cluster.milvus.errors import redact as strip_credentials
+
+        return strip_credentials(value)
     if isinstance(value, list):
         return [redact(v) for v in value]
     return value

@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("config %s", json.dumps(redact(cfg), default=str))
 
     from cluster import driver
+    from cluster.milvus import MilvusConnectError
     from cluster.source import SourceError
 
     try:
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, ImportError, SourceError) as e:  # source, model, dims, schema
         log.error("cannot start: %s", e)
         return EXIT_INVALID
+    except MilvusConnectError as e:
+        log.error("cannot reach Milvus: %s", e)
+        return EXIT_FAILED
     init_ray(cfg)
     try:
         summary = driver.run(cfg, the_plan)

@@ -32,6 +32,14 @@ def derived_name(cfg: JobConfig) -> str:
     return f"{cfg.milvus.alias}__{model}_d{dim}_{time.strftime('%Y%m%d%H%M%S', time.gmtime())}"
 
 
+def manifest_records(cfg: JobConfig) -> list[dict[str, Any]]:
+    from cluster.checkpoint import Manifest, job_identity
+
+    manifest = Manifest(cfg.checkpoint.uri, cfg.checkpoint.storage_options or cfg.source.storage_options,
+                        job_identity(cfg))
+    return list(manifest.records().values())
+
+
 def validate(cfg: JobConfig, collection: str, summary: dict[str, Any]) -> None:
     """Row count and self-retrieval checks; raises ValueError when the new collection is not fit to serve."""
     from cluster.milvus.connect import connect
@@ -42,16 +50,21 @@ def validate(cfg: JobConfig, collection: str, summary: dict[str, Any]) -> None:
     try:
         client.load_collection(collection)
         rows = int(client.query(collection, filter="", output_fields=["count(*)"])[0]["count(*)"])
-        expected = int(summary["chunks_embedded"]) - int(summary["duplicate_ids"])
-        if rows != expected:
+        # Chunks of every shard recorded for this build (a resumed build skipped some shards).
+        expected = sum(int(r.get("chunks") or 0) for r in manifest_records(cfg))
+        if summary["duplicate_ids"]:
+            # Documents repeated under one id keep one set of chunks: fewer rows than chunks, never more.
+            if not 0 < rows <= expected:
+                raise ValueError(f"{collection} holds {rows} rows for {expected} chunks embedded")
+        elif rows != expected:
             raise ValueError(f"{collection} holds {rows} rows but {expected} chunks were embedded")
         if not rows or not cfg.reindex.validate_sample:
             return
-        candidates = client.query(collection, filter="chunk_index == 0", output_fields=["pk", "text"], limit=1000)
-        sample = random.Random(0).sample(candidates, min(cfg.reindex.validate_sample, len(candidates)))
-        if not sample or not sample[0].get("text"):
+        if not cfg.milvus.store_text:
             log.warning("milvus.store_text is off: self-retrieval check skipped")
             return
+        candidates = client.query(collection, filter="chunk_index == 0", output_fields=["pk", "text"], limit=1000)
+        sample = random.Random(0).sample(candidates, min(cfg.reindex.validate_sample, len(candidates)))
         encoder = Encoder(cfg.model, cfg.batch, cfg.chunking)
         _, emb = encoder.encode_passages([r["text"] for r in sample])
         misses = []
@@ -69,6 +82,20 @@ def validate(cfg: JobConfig, collection: str, summary: dict[str, Any]) -> None:
         client.close()
 
 
+def check_alias_name(cfg: JobConfig) -> None:
+    """The alias must not be a real collection's name (checked before hours of embedding, not after)."""
+    from cluster.milvus.aliases import alias_target
+    from cluster.milvus.connect import connect
+
+    client = connect(cfg.milvus)
+    try:
+        if client.has_collection(cfg.milvus.alias) and alias_target(client, cfg.milvus.alias) is None:
+            raise ValueError(f"milvus.alias {cfg.milvus.alias!r} is the name of a real collection; readers need an "
+                             "alias: choose another name, or rename that collection")
+    finally:
+        client.close()
+
+
 def swap(cfg: JobConfig, collection: str) -> list[str]:
     """Point the alias at ``collection``, record it, apply retention; returns dropped collections."""
     from cluster.checkpoint import AliasHistory
@@ -81,6 +108,8 @@ def swap(cfg: JobConfig, collection: str) -> list[str]:
     client = connect(cfg.milvus)
     try:
         previous = point_alias(client, cfg.milvus.alias, collection)
+        if previous and previous not in [e["collection"] for e in entries]:  # an alias made by hand
+            entries.append({"collection": previous, "at": time.time()})
         entries.append({"collection": collection, "at": time.time()})
         dropped = drop_collections(client, [e["collection"] for e in entries[:-cfg.reindex.retention]],
                                    protect={collection, previous or ""})
@@ -103,16 +132,19 @@ def rollback(cfg: JobConfig) -> str:
     try:
         live = alias_target(client, cfg.milvus.alias)
         names = [e["collection"] for e in entries]
-        if live not in names or names.index(live) == 0:
+        before = [e["collection"] for e in entries[:names.index(live)] if not e.get("rolled_back")] \
+            if live in names else []
+        if not before:
             raise ValueError(f"no collection before {live!r} in the history of alias {cfg.milvus.alias!r}")
-        target = names[names.index(live) - 1]
+        target = before[-1]
         if not client.has_collection(target):
             raise ValueError(f"the previous collection {target!r} was dropped; nothing to roll back to")
         point_alias(client, cfg.milvus.alias, target)
-        # The live collection is always the last entry; the one rolled back from becomes the oldest
-        # candidate for retention.
-        history.save([e for e in entries if e["collection"] != target] + [e for e in entries
-                                                                           if e["collection"] == target])
+        # The live collection is always the last entry; the one rolled back from goes to the front,
+        # first in line for retention and never a rollback target again.
+        rolled = [{**e, "rolled_back": True} for e in entries if e["collection"] == live]
+        rest = [e for e in entries if e["collection"] not in (live, target)]
+        history.save(rolled + rest + [e for e in entries if e["collection"] == target])
         return target
     finally:
         client.close()
@@ -146,12 +178,18 @@ def main(argv: list[str] | None = None) -> int:
     log.info("reindex into %s, config %s", name, json.dumps(redact(cfg), default=str))
 
     from cluster import driver
+    from cluster.milvus import MilvusConnectError
+    from cluster.source import SourceError
 
     try:
+        check_alias_name(cfg)
         the_plan = driver.plan(cfg)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
+    except (ValueError, TypeError, FileNotFoundError, ImportError, SourceError) as e:
         log.error("cannot start: %s", e)
         return EXIT_INVALID
+    except MilvusConnectError as e:
+        log.error("cannot reach Milvus: %s", e)
+        return EXIT_FAILED
     init_ray(cfg)
     try:
         summary = driver.run(cfg, the_plan)

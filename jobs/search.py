@@ -50,12 +50,15 @@ def main(argv: list[str] | None = None) -> int:
         sparse = (emb.sparse.indices, emb.sparse.values)
     client = connect(cfg.milvus)
     target = cfg.milvus.alias or cfg.milvus.collection  # readers go through the alias when there is one
-    if not client.has_collection(target):
-        log.error("collection %r does not exist; run python -m jobs.embed (or jobs.reindex) first", target)
-        return EXIT_INVALID
-    client.load_collection(target)  # a no-op when loaded; a fresh milvus-lite opens it released
-    hits = search(client, target, dense=emb.dense[0], sparse=sparse, mode=mode, top_k=args.top_k,
-                  output_fields=None)
+    try:
+        if not client.has_collection(target):
+            log.error("collection %r does not exist; run python -m jobs.embed (or jobs.reindex) first", target)
+            return EXIT_INVALID
+        client.load_collection(target)  # a no-op when loaded; a fresh milvus-lite opens it released
+        hits = search(client, target, dense=emb.dense[0], sparse=sparse, mode=mode, top_k=args.top_k,
+                      output_fields=None)
+    finally:
+        client.close()
     for rank, hit in enumerate(hits, 1):
         if args.format == "json":
             print(json.dumps(hit, ensure_ascii=False, default=str))

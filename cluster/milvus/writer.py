@@ -128,6 +128,11 @@ class MilvusWriter:
             self.rows_written += len(batch)
         return table.num_rows
 
+    def delete(self, expr: str) -> None:
+        """Delete the rows matching ``expr`` (retried like writes)."""
+        self._call(f"delete where {expr[:80]}", lambda: self.client.delete(self.spec.name, filter=expr,
+                                                                           timeout=self.request_timeout))
+
     def flush(self) -> None:
         """Seal what was written, so that it is persisted and counted (call once at the end)."""
         self._call("flush", lambda: self.client.flush(self.spec.name, timeout=self.request_timeout))

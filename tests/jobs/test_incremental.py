@@ -83,6 +83,30 @@ def test_incremental_runs(tmp_path: Path, tiny_m3_dir: Path, ray_local: None) ->
     assert set(now) == {"a1", "a3", "c1"} and "moved" in now["a3"]
 
 
+def test_a_shorter_new_version_leaves_no_stale_chunks(tmp_path: Path, tiny_m3_dir: Path, ray_local: None) -> None:
+    from pymilvus import MilvusClient
+
+    src = tmp_path / "docs"
+    src.mkdir()
+    long_text = " ".join(f"Sentence number {i} about descaling a coffee machine." for i in range(40))
+    pq.write_table(pa.table({"id": ["d"], "text": [long_text]}), src / "a.parquet")
+    cfg = write_config(tmp_path / "job.yaml", source={"uri": str(src)},
+                       model={"name": str(tiny_m3_dir), "precision": "fp32"}, chunking={"overlap": 4},
+                       batch={"max_tokens": 1024}, milvus={"uri": str(tmp_path / "m.db"), "collection": "docs"},
+                       checkpoint={"uri": str(tmp_path / "state")}, errors={"uri": None}, mode="incremental")
+    assert run(cfg)[1]["chunks_embedded"] > 3
+    pq.write_table(pa.table({"id": ["d"], "text": ["Now a short document."]}), src / "a.parquet")
+    code, s = run(cfg)
+    assert code == 0 and s["chunks_embedded"] == 1
+    client = MilvusClient(str(tmp_path / "m.db"))
+    try:
+        client.load_collection("docs")
+        rows = client.query("docs", filter='doc_id == "d"', output_fields=["pk", "text"])
+    finally:
+        client.close()
+    assert [r["pk"] for r in rows] == ["d#0"] and rows[0]["text"] == "Now a short document."
+
+
 def test_full_mode_resumes_then_starts_over(tmp_path: Path, tiny_m3_dir: Path, ray_local: None) -> None:
     src = tmp_path / "docs"
     src.mkdir()

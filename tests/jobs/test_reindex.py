@@ -74,6 +74,8 @@ def test_reindex_swap_rollback_retention(tmp_path: Path, tiny_m3_dir: Path, ray_
 
     assert reindex(cfg, "--rollback")[0] == 0
     assert client.describe_alias("docs_live")["collection_name"] == "docs_v1"
+    assert reindex(cfg, "--rollback")[0] == 2  # nothing before v1: never back to the rolled-back one
+    assert client.describe_alias("docs_live")["collection_name"] == "docs_v1"
 
     code, third = reindex(cfg, "--collection", "docs_v3")  # retention 2: the live and one previous stay
     assert code == 0 and client.describe_alias("docs_live")["collection_name"] == "docs_v3"
