@@ -96,6 +96,9 @@ def ray_head() -> Iterator[RayHead]:
     temp = tempfile.mkdtemp(prefix="rayjob-", dir="/tmp")
     token = secrets.token_hex(32)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "PYTHONPATH"}
+    # The job's entrypoint runs `python`: the interpreter of this environment, as on a cluster image
+    # where the project's Python is first on PATH (CI runs the suite without activating the venv).
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     dashboard = free_port()
