@@ -176,6 +176,9 @@ def run(cfg: JobConfig, the_plan: Plan) -> dict[str, object]:
         if cfg.delete_missing:
             delete_missing(the_plan, tracker, writer)
         check_error_ratio(cfg, tracker, final=True)
+    except BaseException as e:
+        e.summary = tracker.summary()  # type: ignore[attr-defined]  # what was done before the failure
+        raise
     finally:
         try:
             files = dead.close() if dead is not None else []

@@ -67,6 +67,14 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def write_summary(path: Path | None, summary: dict[str, object] | None, *, failed: bool = False) -> None:
+    """The run summary as JSON (also after a failure: what was done until then, with ``failed: true``)."""
+    if path is None or summary is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**summary, "failed": failed}, indent=2) + "\n", encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.help_config:
@@ -97,13 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         summary = driver.run(cfg, the_plan)
     except driver.RejectedInput as e:
         log.error("stopped: %s (finished shards are recorded; fix the input and run again to resume)", e)
+        write_summary(args.summary, getattr(e, "summary", None), failed=True)
         return EXIT_FAILED
-    except Exception:
+    except Exception as e:
         log.exception("the run failed")
+        write_summary(args.summary, getattr(e, "summary", None), failed=True)
         return EXIT_FAILED
-    if args.summary:
-        args.summary.parent.mkdir(parents=True, exist_ok=True)
-        args.summary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_summary(args.summary, summary)
     rejected = summary["docs_failed"] or summary["chunks_failed"] or summary["shards_failed"]
     return EXIT_REJECTED if rejected else EXIT_OK
 

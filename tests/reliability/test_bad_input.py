@@ -75,8 +75,9 @@ def test_on_error_fail_stops_with_a_resumable_manifest(tmp_path: Path, tiny_m3_d
     pq.write_table(pa.table({"id": ["c", "d"], "text": ["fine", ""]}), src / "b.parquet")
     sections = base_config(tmp_path, str(src), tiny_m3_dir, errors={"on_error": "fail"}, chunking={"overlap": 4},
                            batch={"max_tokens": 1024})
-    code, _, log = run_job(config_file(tmp_path, sections), tmp_path, "fail")
+    code, summary, log = run_job(config_file(tmp_path, sections), tmp_path, "fail")
     assert code == 1 and "errors.on_error=fail" in log and "doc_id=d" in log
+    assert summary["failed"] is True
 
 
 def test_a_vector_still_non_finite_in_fp32_is_an_error_row(tmp_path: Path, tiny_m3_dir: Path) -> None:

@@ -71,9 +71,9 @@ def test_a_permanent_outage_fails_clearly_and_the_rerun_resumes(tmp_path: Path, 
     try:
         cfg = config_file(tmp_path, base_config(tmp_path, str(src), e5_model_dir, milvus={"uri": server.uri}))
         outage = outage_after_first_shard(tmp_path, server, down_s=None)
-        code, _, log = run_job(cfg, tmp_path, "down")
+        code, summary, log = run_job(cfg, tmp_path, "down")
         outage.join(timeout=60)
-        assert code == 1
+        assert code == 1 and summary["failed"] is True and summary["shards_done"] >= 1
         assert "the run failed" in log and "Milvus" in log
         recorded = len(list((tmp_path / "state" / "checkpoints").glob("*/shards/*.json")))
         assert 1 <= recorded < 12
