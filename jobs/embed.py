@@ -17,9 +17,9 @@ import os
 import sys
 from pathlib import Path
 
-from jobs.config import ConfigError, JobConfig, describe, load_config, redact
+from jobs.cli import EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_REJECTED, config_or_none, plan_or_exit_code, setup_logging
+from jobs.config import JobConfig, describe, redact
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_REJECTED = 0, 1, 2, 3
 log = logging.getLogger("jobs.embed")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIP_EXCLUDES = [".cache/", ".venv/", ".git/", "embed-state/", "*.db", "benchmarks/"]
@@ -60,13 +60,6 @@ def init_ray(cfg: JobConfig) -> None:
     ray.init(runtime_env={"env_vars": {"PYTHONPATH": path, **env}}, include_dashboard=False)
 
 
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    for noisy in ("httpx", "urllib3", "botocore", "s3fs", "filelock", "transformers", "sentence_transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def write_summary(path: Path | None, summary: dict[str, object] | None, *, failed: bool = False) -> None:
     """The run summary as JSON (also after a failure: what was done until then, with ``failed: true``)."""
     if path is None or summary is None:
@@ -81,25 +74,16 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(describe()))
         return EXIT_OK
     setup_logging()
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        log.error("invalid config: %s", e)
+    cfg = config_or_none(args.config, args.overrides, log)
+    if cfg is None:
         return EXIT_INVALID
     log.info("config %s", json.dumps(redact(cfg), default=str))
+    the_plan = plan_or_exit_code(cfg, log)
+    if isinstance(the_plan, int):
+        return the_plan
 
     from cluster import driver
-    from cluster.milvus import MilvusConnectError
-    from cluster.source import SourceError
 
-    try:
-        the_plan = driver.plan(cfg)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, SourceError) as e:  # source, model, dims, schema
-        log.error("cannot start: %s", e)
-        return EXIT_INVALID
-    except MilvusConnectError as e:
-        log.error("cannot reach Milvus: %s", e)
-        return EXIT_FAILED
     init_ray(cfg)
     try:
         summary = driver.run(cfg, the_plan)

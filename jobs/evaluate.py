@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from embedder import evaluation as ev
+from jobs.cli import EXIT_FAILED, EXIT_INVALID, EXIT_OK, setup_logging
 from jobs.config import ConfigError, JobConfig, load_config
-from jobs.embed import EXIT_FAILED, EXIT_INVALID, EXIT_OK, setup_logging
 
 log = logging.getLogger("jobs.evaluate")
 

@@ -19,8 +19,9 @@ import sys
 import time
 from typing import Any
 
-from jobs.config import ConfigError, JobConfig, load_config, redact
-from jobs.embed import EXIT_FAILED, EXIT_INVALID, EXIT_OK, init_ray, setup_logging
+from jobs.cli import EXIT_FAILED, EXIT_INVALID, EXIT_OK, config_or_none, plan_or_exit_code, setup_logging
+from jobs.config import JobConfig, redact
+from jobs.embed import init_ray
 
 log = logging.getLogger("jobs.reindex")
 
@@ -159,12 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--summary", help="write the build's run summary (plus the collection name) as JSON here")
     args = p.parse_args(argv)
     setup_logging()
-    try:
-        cfg = load_config(args.config, args.overrides)
-        if not cfg.milvus.alias or not cfg.checkpoint.uri:
-            raise ConfigError("jobs.reindex needs milvus.alias (what readers query) and checkpoint.uri (its history)")
-    except ConfigError as e:
-        log.error("invalid config: %s", e)
+    cfg = config_or_none(args.config, args.overrides, log)
+    if cfg is None:
+        return EXIT_INVALID
+    if not cfg.milvus.alias or not cfg.checkpoint.uri:
+        log.error("invalid config: jobs.reindex needs milvus.alias (what readers query) and checkpoint.uri "
+                  "(its history)")
         return EXIT_INVALID
     if args.rollback:
         try:
@@ -177,19 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = dataclasses.replace(cfg, mode="full", milvus=dataclasses.replace(cfg.milvus, collection=name))
     log.info("reindex into %s, config %s", name, json.dumps(redact(cfg), default=str))
 
-    from cluster import driver
-    from cluster.milvus import MilvusConnectError
-    from cluster.source import SourceError
+    the_plan = plan_or_exit_code(cfg, log, check=check_alias_name)
+    if isinstance(the_plan, int):
+        return the_plan
 
-    try:
-        check_alias_name(cfg)
-        the_plan = driver.plan(cfg)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, SourceError) as e:
-        log.error("cannot start: %s", e)
-        return EXIT_INVALID
-    except MilvusConnectError as e:
-        log.error("cannot reach Milvus: %s", e)
-        return EXIT_FAILED
+    from cluster import driver
+
     init_ray(cfg)
     try:
         summary = driver.run(cfg, the_plan)

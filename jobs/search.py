@@ -11,8 +11,7 @@ import json
 import logging
 import sys
 
-from jobs.config import ConfigError, load_config
-from jobs.embed import EXIT_INVALID, EXIT_OK, setup_logging
+from jobs.cli import EXIT_INVALID, EXIT_OK, config_or_none, setup_logging
 
 log = logging.getLogger("jobs.search")
 
@@ -29,10 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("query", nargs="+", help="query text (several arguments are joined by spaces)")
     args = p.parse_args(argv)
     setup_logging()
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        log.error("invalid config: %s", e)
+    cfg = config_or_none(args.config, args.overrides, log)
+    if cfg is None:
         return EXIT_INVALID
 
     from cluster.milvus.connect import connect
