@@ -65,7 +65,8 @@ def write_summary(path: Path | None, summary: dict[str, object] | None, *, faile
     if path is None or summary is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**summary, "failed": failed}, indent=2) + "\n", encoding="utf-8")
+    data = {**summary, "failed": True} if failed else summary  # on success: exactly the logged summary
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

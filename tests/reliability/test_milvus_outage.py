@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,42 +45,43 @@ def count(server: LiteServer) -> int:
         client.close()
 
 
-def test_writes_retry_through_a_short_outage(tmp_path: Path, small_corpus: list[dict[str, str]],
-                                            e5_model_dir: Path) -> None:
+@pytest.fixture()
+def setup(tmp_path: Path, small_corpus: list[dict[str, str]],
+          e5_model_dir: Path) -> Iterator[tuple[list[dict[str, str]], LiteServer, Path]]:
+    """12 shards of one-chunk documents, a running milvus-lite server, and a job config writing to it."""
     rows = corpus(small_corpus, 1)
     src = write_parquet_shards(tmp_path / "docs", rows, 12)
     server = LiteServer(tmp_path / "server-data")
     server.start()
     try:
-        sections = base_config(tmp_path, str(src), e5_model_dir, milvus={"uri": server.uri})
-        outage = outage_after_first_shard(tmp_path, server, down_s=4)
-        code, summary, log = run_job(config_file(tmp_path, sections), tmp_path, "outage")
-        outage.join(timeout=60)
-        assert code == 0, log[-3000:]
-        assert summary["rows_written"] == len(rows) and summary["shards_done"] == 12
-        assert count(server) == len(rows)
+        yield rows, server, config_file(tmp_path, base_config(tmp_path, str(src), e5_model_dir,
+                                                              milvus={"uri": server.uri}))
     finally:
         server.stop()
 
 
-def test_a_permanent_outage_fails_clearly_and_the_rerun_resumes(tmp_path: Path, small_corpus: list[dict[str, str]],
-                                                                 e5_model_dir: Path) -> None:
-    rows = corpus(small_corpus, 1)
-    src = write_parquet_shards(tmp_path / "docs", rows, 12)
-    server = LiteServer(tmp_path / "server-data")
+def test_writes_retry_through_a_short_outage(tmp_path: Path, setup: tuple[list[dict[str, str]], LiteServer, Path]) \
+        -> None:
+    rows, server, cfg = setup
+    outage = outage_after_first_shard(tmp_path, server, down_s=4)
+    code, summary, log = run_job(cfg, tmp_path, "outage")
+    outage.join(timeout=60)
+    assert code == 0, log[-3000:]
+    assert summary["rows_written"] == len(rows) and summary["shards_done"] == 12
+    assert count(server) == len(rows)
+
+
+def test_a_permanent_outage_fails_clearly_and_the_rerun_resumes(
+        tmp_path: Path, setup: tuple[list[dict[str, str]], LiteServer, Path]) -> None:
+    rows, server, cfg = setup
+    outage = outage_after_first_shard(tmp_path, server, down_s=None)
+    code, summary, log = run_job(cfg, tmp_path, "down")
+    outage.join(timeout=60)
+    assert code == 1 and summary["failed"] is True and summary["shards_done"] >= 1
+    assert "the run failed" in log and "Milvus" in log
+    recorded = len(list((tmp_path / "state" / "checkpoints").glob("*/shards/*.json")))
+    assert 1 <= recorded < 12
     server.start()
-    try:
-        cfg = config_file(tmp_path, base_config(tmp_path, str(src), e5_model_dir, milvus={"uri": server.uri}))
-        outage = outage_after_first_shard(tmp_path, server, down_s=None)
-        code, summary, log = run_job(cfg, tmp_path, "down")
-        outage.join(timeout=60)
-        assert code == 1 and summary["failed"] is True and summary["shards_done"] >= 1
-        assert "the run failed" in log and "Milvus" in log
-        recorded = len(list((tmp_path / "state" / "checkpoints").glob("*/shards/*.json")))
-        assert 1 <= recorded < 12
-        server.start()
-        code, summary, log = run_job(cfg, tmp_path, "after")
-        assert code == 0, log[-3000:]
-        assert summary["shards_skipped"] == recorded and count(server) == len(rows)
-    finally:
-        server.stop()
+    code, summary, log = run_job(cfg, tmp_path, "after")
+    assert code == 0, log[-3000:]
+    assert summary["shards_skipped"] == recorded and count(server) == len(rows)
