@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from jobs.cli import EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_REJECTED, config_or_none, plan_or_exit_code, setup_logging
@@ -56,8 +57,18 @@ def init_ray(cfg: JobConfig) -> None:
             runtime_env = {"env_vars": {"PYTHONPATH": path, **env}}
         ray.init(address=address, runtime_env=runtime_env)
         return
-    # Local Ray: workers import this project from the same checkout.
-    ray.init(runtime_env={"env_vars": {"PYTHONPATH": path, **env}}, include_dashboard=False)
+    # Local Ray: workers import this project from the same checkout. On a loaded small machine
+    # the local node can miss Ray's start-up deadline; one more try after a pause is enough.
+    for attempt in (1, 2):
+        try:
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": path, **env}}, include_dashboard=False)
+            return
+        except Exception as e:  # Ray raises a bare Exception for a start-up timeout
+            if attempt == 2 or "timed out during startup" not in str(e):
+                raise
+            log.warning("the local Ray did not start in time (%s); trying once more", e)
+            ray.shutdown()
+            time.sleep(5)
 
 
 def write_summary(path: Path | None, summary: dict[str, object] | None, *, failed: bool = False) -> None:
