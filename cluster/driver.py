@@ -20,7 +20,7 @@ from cluster.checkpoint import Manifest, job_identity
 from cluster.deadletter import DeadLetter
 from cluster.progress import RunTracker
 from cluster.source import Shard, ShardError, list_shards, read_shard
-from cluster.stages.arrow import SHARD_END
+from cluster.stages.arrow import is_payload
 
 if TYPE_CHECKING:
     from jobs.config import JobConfig
@@ -52,19 +52,15 @@ def plan(cfg: JobConfig) -> Plan:
     from cluster.milvus import CollectionSpec, ensure_collection
     from cluster.milvus.connect import connect
     from embedder.models.info import load_model_info
-    from embedder.models.loader import SPARSE_HEAD_FILE, check_dense_dim
+    from embedder.models.loader import check_batch_budget, check_dense_dim, check_sparse
 
     shards = list_shards(cfg.source)
     info = load_model_info(cfg.model)
     if info.dim is None:
         raise ValueError(f"cannot tell the output dimension of {cfg.model.name} from its module configs")
     check_dense_dim(cfg.model, info.dim)
-    if cfg.model.sparse is True and not info.has_sparse_head:
-        raise ValueError(f"model.sparse is true but {cfg.model.name} has no {SPARSE_HEAD_FILE}; "
-                         "use a BGE-M3-style model or set model.sparse: auto/false")
-    if cfg.batch.max_tokens < info.max_seq_length:
-        raise ValueError(f"batch.max_tokens {cfg.batch.max_tokens} is smaller than one full-length sequence "
-                         f"({info.max_seq_length} tokens); raise it")
+    check_sparse(cfg.model, info.has_sparse_head)
+    check_batch_budget(cfg.batch.max_tokens, info.max_seq_length)
     spec = CollectionSpec(name=cfg.milvus.collection, dense_dim=cfg.model.dense_dim or info.dim,
                           has_sparse=info.has_sparse_head and cfg.model.sparse is not False,
                           store_text=cfg.milvus.store_text, text_max_length=cfg.milvus.text_max_length,
@@ -146,7 +142,7 @@ def run(cfg: JobConfig, the_plan: Plan) -> dict[str, object]:
             for batch in build_dataset(cfg, the_plan.shards).iter_batches(batch_format="pyarrow", batch_size=None):
                 done = tracker.observe(batch)
                 errors = ~batch.column(c.ERROR).is_null().to_numpy(zero_copy_only=False)
-                payload = ~errors & batch.column(SHARD_END).is_null().to_numpy(zero_copy_only=False)
+                payload = is_payload(batch)
                 if payload.any():
                     rows = batch.filter(pa.array(payload))
                     tracker.rows_written += writer.write(rows)

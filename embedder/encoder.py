@@ -21,7 +21,7 @@ import numpy as np
 from embedder.batching import pack_batches
 from embedder.forward import ModelRunner
 from embedder.models.info import load_model_info
-from embedder.models.loader import load_model
+from embedder.models.loader import check_batch_budget, load_model
 from embedder.postprocess import postprocess
 from embedder.precision import resolve_device, resolve_dtype
 from embedder.settings import BatchConfig, ChunkingConfig, ModelConfig
@@ -64,9 +64,7 @@ class Encoder:
         self.cfg = model
         self.batch = batch
         self.info = load_model_info(model)
-        if batch.max_tokens < self.info.max_seq_length:
-            raise ValueError(f"batch.max_tokens {batch.max_tokens} is smaller than one full-length sequence "
-                             f"({self.info.max_seq_length} tokens); raise it")
+        check_batch_budget(batch.max_tokens, self.info.max_seq_length)
         device = resolve_device(model)
         dtype = resolve_dtype(model.precision, device)
         self.model = load_model(model, self.info, device, dtype)

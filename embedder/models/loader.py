@@ -68,9 +68,7 @@ def load_model(cfg: ModelConfig, info: ModelInfo, device: str, dtype: Any) -> Lo
 
     sparse_head = None
     head_file = find_sparse_head(path) if cfg.sparse is not False else None
-    if cfg.sparse is True and head_file is None:
-        raise ValueError(f"model.sparse is true but {cfg.name} has no {SPARSE_HEAD_FILE}; "
-                         "use a BGE-M3-style model or set model.sparse: auto/false")
+    check_sparse(cfg, head_file is not None)
     if head_file is not None:
         hidden = st.transformers_model.config.hidden_size
         sparse_head = load_sparse_head(head_file, hidden).to(device)
@@ -85,6 +83,20 @@ def load_model(cfg: ModelConfig, info: ModelInfo, device: str, dtype: Any) -> Lo
     return LoadedModel(st=st, tokenizer=tok, sparse_head=sparse_head, dim=dim, max_seq_length=info.max_seq_length,
                        prompts=info.prompts,
                        special_ids=sorted(i for i in special if i is not None), device=device, dtype=dtype)
+
+
+def check_sparse(cfg: ModelConfig, has_head: bool) -> None:
+    """``model.sparse: true`` needs the model's sparse head."""
+    if cfg.sparse is True and not has_head:
+        raise ValueError(f"model.sparse is true but {cfg.name} has no {SPARSE_HEAD_FILE}; "
+                         "use a BGE-M3-style model or set model.sparse: auto/false")
+
+
+def check_batch_budget(max_tokens: int, max_seq_length: int) -> None:
+    """One full-length sequence must fit in a forward pass."""
+    if max_tokens < max_seq_length:
+        raise ValueError(f"batch.max_tokens {max_tokens} is smaller than one full-length sequence "
+                         f"({max_seq_length} tokens); raise it")
 
 
 def check_dense_dim(cfg: ModelConfig, dim: int) -> None:
