@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from cluster.contract import RESERVED
 from embedder.settings import choice, doc
 
 SourceFormat = Literal["auto", "parquet", "jsonl", "jsonl.gz"]
@@ -35,10 +36,7 @@ class SourceConfig:
             raise ValueError(f"source.lang_column {self.lang_column!r} must also be listed in source.metadata_columns")
         if self.read_batch_rows < 1:
             raise ValueError("source.read_batch_rows must be >= 1")
-        reserved = {"pk", "doc_id", "chunk_index", "text", "dense", "sparse", "_shard", "_row", "_shard_end", "error",
-                    "input_ids", "n_tokens", "n_chunks", "truncated", "sparse_indices", "sparse_values", "padded_len",
-                    "_lang", "_doc_chars", "_at_limit"}
-        clash = reserved.intersection(self.metadata_columns)
+        clash = RESERVED.intersection(self.metadata_columns)
         if clash:
             raise ValueError(f"source.metadata_columns: {sorted(clash)} clash with reserved output fields; rename them")
 

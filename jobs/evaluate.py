@@ -362,7 +362,7 @@ def evaluate_through_milvus(pairs: Pairs, vectors: Vectors, dim: int, *, top_k: 
                 doc_ids = [f"{pairs.item_ids[d]}|{pairs.langs[d]}" for d in sel]
                 writer = MilvusWriter(client, spec, cfg)
                 writer.write(pa.table({
-                    C.PK: [C.make_pk(d, int(c)) for d, c in zip(doc_ids, chunk_index[mine])],
+                    C.PK: [C.chunk_pk(d, int(c)) for d, c in zip(doc_ids, chunk_index[mine])],
                     C.DOC_ID: doc_ids,
                     C.CHUNK_INDEX: pa.array(chunk_index[mine], pa.int32()),
                     C.DENSE: pa.FixedSizeListArray.from_arrays(pa.array(docs[mine].reshape(-1), pa.float32()), dim),

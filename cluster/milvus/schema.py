@@ -29,7 +29,7 @@ PK_MAX_LENGTH = 512
 DOC_ID_MAX_LENGTH = 512
 METADATA_VARCHAR_MAX_LENGTH = 65535
 DENSE = C.DENSE
-SPARSE = "sparse"
+SPARSE = C.SPARSE_FIELD
 HNSW_PARAMS = {"M": 16, "efConstruction": 200}
 SUPPORTED_METADATA = "string, integer (int8..int64, uint8..uint32), floating point, bool"
 

@@ -7,7 +7,7 @@ import pyarrow as pa
 
 from cluster import contract as c
 
-SHARD_END = "_shard_end"  # non-null only on a shard's end marker row: rows the shard held
+SHARD_END = c.SHARD_END
 
 
 def list_array(offsets: np.ndarray, values: np.ndarray, valid: np.ndarray | None = None) -> pa.ListArray:

@@ -13,7 +13,7 @@ from cluster.stages.arrow import fixed_list, is_payload, list_array
 from embedder.settings import BatchConfig, ChunkingConfig, ModelConfig
 
 log = logging.getLogger(__name__)
-PADDED_LEN = "padded_len"  # width of the forward batch the row ran in: sum = padded tokens
+PADDED_LEN = c.PADDED_LEN
 
 
 class EmbedStage:

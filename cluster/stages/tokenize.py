@@ -19,7 +19,7 @@ from embedder.models.info import load_model_info
 from embedder.settings import ChunkingConfig, ModelConfig
 from embedder.tokenize import TextTokenizer
 
-N_CHUNKS = "n_chunks"  # chunks the chunk's document was split into
+N_CHUNKS = c.N_CHUNKS
 _CACHE: dict[bytes, TextTokenizer] = {}  # one tokenizer per worker process and config
 
 
@@ -70,7 +70,7 @@ def tokenize_docs(table: pa.Table, *, model: ModelConfig, chunking: ChunkingConf
     for k in range(n_chunk_rows):
         d = chunks.doc[k]
         chunk_index[k] = chunks.chunk_index[k]
-        pks[k] = c.make_pk(doc_ids[k], chunks.chunk_index[k])
+        pks[k] = c.chunk_pk(doc_ids[k], chunks.chunk_index[k])
         a, b = chunks.spans[k]
         chunk_texts[k] = texts[payload[d]][a:b]
     for j, doc in enumerate(chunks.errors):
