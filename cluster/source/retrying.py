@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import errno
 import logging
-import random
 import sys
 import time
 from collections.abc import Callable
 from typing import TypeVar
+
+from cluster.retry import retry as _retry
 
 T = TypeVar("T")
 
@@ -113,36 +114,11 @@ def retry(
     max_delay: float | None = None,
     sleep: Callable[[float], None] | None = None,
 ) -> T:
-    """Call ``fn()``, retrying transient failures with exponential backoff and jitter.
-
-    Args:
-        fn: The operation; called with no arguments.
-        what: Short description for log lines (e.g. ``"listing s3://bucket/docs"``); never put
-            credentials in it.
-        attempts: Total number of calls before giving up (>= 1); default :data:`ATTEMPTS`.
-        base_delay: Delay before the first retry, in seconds, doubled after each retry (each delay
-            is then jittered down by up to half); default :data:`BASE_DELAY`.
-        max_delay: Upper bound of one delay, in seconds; default :data:`MAX_DELAY`.
-        sleep: Sleep function; default ``time.sleep``.
-
-    Returns:
-        What ``fn`` returns.
+    """:func:`cluster.retry.retry` with the storage rules of :func:`is_transient` and this module's defaults.
 
     Raises:
         Exception: The last exception, unchanged, when it is not transient or attempts ran out.
     """
-    attempts = max(1, ATTEMPTS if attempts is None else attempts)
-    base_delay = BASE_DELAY if base_delay is None else base_delay
-    max_delay = MAX_DELAY if max_delay is None else max_delay
-    sleep = sleep or time.sleep
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except Exception as e:
-            if attempt >= attempts or not is_transient(e):
-                raise
-            delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
-            log.warning("%s failed (attempt %d/%d, retrying in %.1fs): %s: %s",
-                        what, attempt, attempts, delay, type(e).__name__, e)
-            sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+    return _retry(fn, what=what, is_transient=is_transient, attempts=ATTEMPTS if attempts is None else attempts,
+                  base_delay=BASE_DELAY if base_delay is None else base_delay,
+                  max_delay=MAX_DELAY if max_delay is None else max_delay, sleep=sleep or time.sleep, logger=log)
