@@ -260,7 +260,11 @@ class ImportClient:
         Raises:
             BulkImportError: Unknown job, or the server cannot be asked.
         """
-        return self._retry(lambda: self._describe(job_id, self._post), f"describing import job {job_id}")
+        try:
+            return self._retry(lambda: self._describe(job_id, self._post), f"describing import job {job_id}")
+        except ImportApiError as e:
+            raise ImportApiError(f"cannot describe import job {job_id}: {e}", code=e.code,
+                                 http_status=e.http_status) from e
 
     def list_jobs(self, collection: str) -> list[dict[str, Any]]:
         """Jobs of ``collection`` the server still knows: job_id, collection, state, progress, reason."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,9 +119,9 @@ def test_import_lands_every_row_with_its_vectors(server, milvus, spec, s3_server
         np.testing.assert_array_equal(np.float32(row["dense"]), np.float32(want["dense"]))
         assert (row["doc_id"], row["chunk_index"], row["text"], row["lang"], row["year"]) == (
             want["doc_id"], want["chunk_index"], want["text"], want["lang"], want["year"])
-        sparse = dict(zip(*(lambda s: (s["indices"], s["values"]))(__import__("json").loads(want["sparse"]))))
+        sparse = json.loads(want["sparse"])
         assert {int(k): np.float32(v) for k, v in row["sparse"].items()} == {
-            k: np.float32(v) for k, v in sparse.items()}
+            i: np.float32(v) for i, v in zip(sparse["indices"], sparse["values"])}
 
 
 def test_honoured_idempotency_key_returns_the_same_job(server, milvus, spec, s3_server, s3_bucket, make_batch,
@@ -178,20 +179,25 @@ def test_failed_job_raises_with_the_reason_and_imports_nothing(server, milvus, s
     good = upload(s3_server, s3_bucket, spec, [make_batch(20)], "good", tmp_path)
     server.reset(fail_next="disk quota exhausted on the datanode")
     with client_for(server) as client:
-        job_id = client.create(spec.name, [[f.path] for f in good], idempotency_key="k1")
+        failed = client.create(spec.name, [[f.path] for f in good], idempotency_key="k1")
         with pytest.raises(BulkImportError, match="disk quota exhausted on the datanode"):
-            client.wait(job_id, poll_s=0)
-        assert client.describe(job_id)["state"] == "failed"
+            client.wait(failed, poll_s=0)
+        assert client.describe(failed)["state"] == "failed"
 
         # a job with one good file and one whose vectors have the wrong dimension: atomic, nothing lands
         bad_spec = CollectionSpec(name="other", dense_dim=8, has_sparse=True, metadata=META)
         bad = upload(s3_server, s3_bucket, bad_spec, [make_batch(5, dim=8, start=100)], "bad", tmp_path)
-        groups = [[good[0].path], [bad[0].path]]
-        job_id = client.create(spec.name, groups, idempotency_key="k2")
+        mixed = client.create(spec.name, [[good[0].path], [bad[0].path]], idempotency_key="k2")
         with pytest.raises(BulkImportError, match="not aligned: expect dim=16, got 8") as err:
-            client.wait(job_id, poll_s=0)
+            client.wait(mixed, poll_s=0)
         assert "new idempotency key" in str(err.value)
-    assert count(milvus, spec.name) == 0
+        assert count(milvus, spec.name) == 0
+
+        # the failed job keeps its key (Milvus >= 2.6.24): importing again takes a new one
+        assert client.create(spec.name, [[f.path] for f in good], idempotency_key="k1") == failed
+        again = client.create(spec.name, [[f.path] for f in good], idempotency_key="k1-attempt2")
+        assert again != failed and client.wait(again, poll_s=0)["imported_rows"] == 20
+    assert count(milvus, spec.name) == 20
 
 
 def test_transient_failures_are_retried(server, milvus, spec, s3_server, s3_bucket, make_batch, tmp_path,
