@@ -20,8 +20,9 @@ The contract (sources in docs/milvus-import.md):
   it. A failed job stays bound to its key: import again under a new key.
 
 Every call retries transient failures through :func:`cluster.retry.retry`. A create that is
-retried first looks for a job holding the same files (:meth:`ImportClient.find_job`), so a lost
-answer never starts a second job, even on a server that ignores the key. The token never
+retried re-sends the same key; unless the server is known to honour keys (``key_honoured``, see
+:func:`honours_idempotency_key`), it first looks for a job holding the same files
+(:meth:`ImportClient.find_job`), so a lost answer never starts a second job. The token never
 appears in logs or exception messages.
 """
 
@@ -128,6 +129,18 @@ def describe_job(data: Mapping[str, Any], job_id: str = "") -> dict[str, Any]:
     }
 
 
+def honours_idempotency_key(version: str) -> bool:
+    """Whether a Milvus server of ``version`` (``v2.6.24``, ``2.6.24-rc1``...) honours ``Idempotency-Key``.
+
+    True from 2.6.24 on the 2.6 line and from 3.0.2; False for older or unparsable versions.
+    """
+    match = re.match(r"v?(\d+)\.(\d+)\.(\d+)", version.strip())
+    if not match:
+        return False
+    v = tuple(int(x) for x in match.groups())
+    return v >= (3, 0, 2) or (2, 6, 24) <= v < (3, 0, 0)
+
+
 def check_idempotency_key(key: str) -> None:
     """Raise ValueError unless ``key`` is printable ASCII of 1..256 bytes (what Milvus accepts)."""
     if not key or len(key) > MAX_IDEMPOTENCY_KEY_BYTES or not all(" " <= ch <= "~" for ch in key):
@@ -164,12 +177,17 @@ class ImportClient:
         max_delay: Longest delay between tries.
         sleep: Sleep function of the retries (tests pass a fake).
         clock: Monotonic clock for :meth:`find_job` (tests pass a fake).
+        key_honoured: The server honours ``Idempotency-Key`` (see :func:`honours_idempotency_key`):
+            a retried create just re-sends the key. False (unknown or older server): a retried
+            create first looks for a job holding the same files.
+        find_wait_s: How long such a look waits for pending jobs to name their files.
     """
 
     def __init__(self, base_url: str, *, token: str | None, db_name: str | None, timeout_s: float = 30,
                  session: requests.Session | None = None, attempts: int = 5, base_delay: float = 0.5,
                  max_delay: float = 10.0, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, key_honoured: bool = False,
+                 find_wait_s: float = 60.0) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"import API base url must be http(s)://host:port, got {redact(base_url)!r}")
         self.base_url = base_url.rstrip("/")
@@ -182,6 +200,7 @@ class ImportClient:
         self._attempts, self._base_delay, self._max_delay = attempts, base_delay, max_delay
         self._sleep, self._clock = sleep, clock
         self._describe_path = DESCRIBE_PATH
+        self.key_honoured, self.find_wait_s = key_honoured, find_wait_s
 
     def __repr__(self) -> str:
         return f"ImportClient({redact(self.base_url, self._secrets)!r}, db_name={self.db_name!r})"
@@ -204,8 +223,8 @@ class ImportClient:
         """Start an import job of ``files`` into ``collection``; returns its job id.
 
         The ``Idempotency-Key`` header is always sent. When a try fails transiently, the next
-        one first looks for a job of this collection holding exactly these files and returns
-        it instead of creating another.
+        one re-sends it; unless ``key_honoured``, it first looks for a job of this collection
+        holding exactly these files (:meth:`find_job`) and returns it instead of creating another.
 
         Args:
             collection: Target collection.
@@ -233,8 +252,8 @@ class ImportClient:
         def once() -> str:
             nonlocal tries
             tries += 1
-            if tries > 1:  # the failed try may have created the job before its answer was lost
-                found = self._find_job(collection, groups, self._post, pending_wait_s=60.0, poll_s=2.0)
+            if tries > 1 and not self.key_honoured:  # the failed try may have created the job, answer lost
+                found = self._find_job(collection, groups, self._post, pending_wait_s=self.find_wait_s, poll_s=2.0)
                 if found is not None:
                     log.info("import job %s of '%s' already holds these %d file(s): using it", found, collection,
                              len(groups))
@@ -276,7 +295,8 @@ class ImportClient:
 
         For servers that ignore the ``Idempotency-Key``: before creating a job again (say after a
         crash that lost the job id), ask whether one already holds these files. Failed jobs are
-        ignored (they imported nothing). A completed match is preferred over a running one.
+        ignored (they imported nothing). A completed match is preferred over a running one. It
+        assumes a set of files is imported by one job (file names unique per run and group).
         A job that is still pending names no files yet; such jobs are described again every
         ``poll_s`` for up to ``pending_wait_s`` seconds.
 

@@ -17,7 +17,14 @@ from pymilvus import MilvusClient
 
 from cluster.milvus.errors import BulkImportError
 from cluster.milvus.importfiles import ImportFile, ImportFiles, import_table
-from cluster.milvus.imports import MAX_FILES_PER_JOB, ImportApiError, ImportClient, describe_job, detail_paths
+from cluster.milvus.imports import (
+    MAX_FILES_PER_JOB,
+    ImportApiError,
+    ImportClient,
+    describe_job,
+    detail_paths,
+    honours_idempotency_key,
+)
 from cluster.milvus.schema import CollectionSpec, ensure_collection
 from cluster.source.filesystem import filesystem
 from tests.import_server import ImportServer
@@ -173,6 +180,17 @@ def test_lost_create_answer_never_starts_a_second_job(milvus, spec, s3_server, s
             client.wait(job_id, poll_s=0)
     assert count(milvus, spec.name) == 25
 
+    # a server known to honour the key (>= 2.6.24): the retry just sends the key again
+    more = upload(s3_server, s3_bucket, spec, [make_batch(5, start=25)], "w1", tmp_path)
+    with ImportServer(milvus=milvus, s3_options=s3_server, bucket=s3_bucket, steps=0) as server:
+        server.inject("create", status=502, after=True)
+        with client_for(server, key_honoured=True) as client:
+            job_id = client.create(spec.name, [[f.path] for f in more], idempotency_key="run1-g1")
+            assert list(server.jobs) == [job_id] and not server.calls("list")
+            assert [c.headers["idempotency-key"] for c in server.calls("create")] == ["run1-g1", "run1-g1"]
+            client.wait(job_id, poll_s=0)
+    assert count(milvus, spec.name) == 30
+
 
 def test_failed_job_raises_with_the_reason_and_imports_nothing(server, milvus, spec, s3_server, s3_bucket,
                                                                make_batch, tmp_path) -> None:
@@ -283,6 +301,8 @@ def test_describe_answers_are_normalized() -> None:
     assert describe_job({"state": "PreImporting"}, "9")["state"] == "importing"
     assert describe_job({"state": "Pending"}, "9")["job_id"] == "9"
     assert detail_paths("[a/1.parquet b/2.parquet]") == ["a/1.parquet", "b/2.parquet"]
+    assert [honours_idempotency_key(v) for v in ("v2.6.23", "v2.6.24", "3.0.1", "v3.0.2", "2.5.14")] == [
+        False, True, False, True, False]
 
 
 def test_a_file_milvus_would_refuse_fails_the_job(server, milvus, spec, s3_server, s3_bucket, make_batch,
