@@ -1,17 +1,16 @@
-"""Place the stages on Ray Data: read and tokenize as CPU tasks, embed in a GPU actor pool.
+"""Place the stages on Ray Data: read+tokenize as CPU tasks (one shard each), embed in a GPU actor pool.
 
-Nothing runs until the dataset is iterated (by ``cluster.driver``). Streaming execution
+Nothing runs until the dataset is iterated (by ``cluster.driver``, which hands the embedded blocks to
+the writer actors of :mod:`cluster.writers` without fetching them). Streaming execution
 keeps a bounded number of blocks in flight, so memory does not grow with the corpus.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from cluster.source import Shard
 from cluster.stages.embed import EmbedStage
-from cluster.stages.read import read_shards, shard_rows
-from cluster.stages.tokenize import tokenize_docs
+from cluster.stages.read import IdsSink, read_and_tokenize
 
 if TYPE_CHECKING:
     import ray.data
@@ -19,16 +18,23 @@ if TYPE_CHECKING:
     from jobs.config import JobConfig
 
 
-def build_dataset(cfg: JobConfig, shards: list[Shard]) -> ray.data.Dataset:
-    """The lazy read -> tokenize -> embed dataset over ``shards``."""
+def build_dataset(cfg: JobConfig, items: list[dict[str, object]], ids: IdsSink | None = None,
+                  progress: Any = None) -> ray.data.Dataset:
+    """The lazy read+tokenize -> embed dataset over shard ``items`` (:func:`cluster.stages.read.shard_items`).
+
+    Args:
+        cfg: The job's config.
+        items: One item per shard (path, format, size, version, where its id files go).
+        ids: Where the read tasks write the shards' id files (None: no manifest).
+        progress: A :class:`cluster.progress.ProgressCounter` actor the read tasks report to.
+    """
     import ray.data
 
-    ds = ray.data.from_items(shard_rows(shards), override_num_blocks=max(1, len(shards)))
-    ds = ds.map_batches(read_shards, fn_kwargs={"source": cfg.source}, batch_size=1, batch_format="pyarrow",
-                        num_cpus=0.5)
-    ds = ds.map_batches(tokenize_docs, fn_kwargs={"model": cfg.model, "chunking": cfg.chunking,
-                                                  "lang_column": cfg.source.lang_column},
-                        batch_format="pyarrow", num_cpus=0.5)
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ds.map_batches(read_and_tokenize, fn_kwargs={"source": cfg.source, "model": cfg.model,
+                                                      "chunking": cfg.chunking, "lang_column": cfg.source.lang_column,
+                                                      "ids": ids, "progress": progress},
+                        batch_size=1, batch_format="pyarrow", num_cpus=0.5)
     ds = ds.map_batches(
         EmbedStage,
         fn_constructor_kwargs={"model": cfg.model, "batch": cfg.batch, "chunking": cfg.chunking,

@@ -1,118 +1,139 @@
-"""Counting what the driver receives: per-shard completion, the run summary, progress lines."""
+"""Counting a run: per-shard state from the writers' records, the summary, and progress lines on a timer.
+
+The driver's memory here grows with shards and languages, never with documents: records carry
+counts (:mod:`cluster.records`). Progress lines come from a timer thread, so they appear every
+``log_every_s`` even while the first batch is still being embedded: the read tasks report
+documents read and chunks tokenized to a small :class:`ProgressCounter` actor, the writers'
+records bring chunks embedded and rows written.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import logging
+import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
-from cluster import contract as c
+from cluster.records import ShardCounts
 from cluster.source import Shard
-from cluster.stages.arrow import SHARD_END
-from cluster.stages.embed import PADDED_LEN
-from cluster.stages.tokenize import N_CHUNKS
+
+log = logging.getLogger(__name__)
 
 
-@dataclass
-class ShardState:
-    """What has arrived of one shard; it is done when every document and chunk has."""
+class ProgressCounter:
+    """Totals reported by the read tasks (run as a Ray actor with ``num_cpus=0``)."""
 
-    size: int
-    doc_ids: list[str] = field(default_factory=list)  # ids seen while the shard is in flight
-    docs_total: int | None = None
-    docs_seen: int = 0
-    chunks_expected: int = 0
-    chunks_seen: int = 0
-    error: str | None = None
+    def __init__(self) -> None:
+        self.totals: dict[str, int] = {}
 
-    @property
-    def done(self) -> bool:
-        """Everything of the shard has arrived (it may still have failed: see ``error``)."""
-        return (self.docs_total is not None and self.docs_seen >= self.docs_total
-                and self.chunks_seen >= self.chunks_expected)
+    def add(self, **counts: int) -> None:
+        for key, value in counts.items():
+            self.totals[key] = self.totals.get(key, 0) + int(value)
 
-    @property
-    def ok(self) -> bool:
-        """Done without a shard-level failure."""
-        return self.done and self.error is None
+    def get(self) -> dict[str, int]:
+        return dict(self.totals)
 
 
 class RunTracker:
-    """Turns the stream of embedded batches into counters, shard completions and the summary."""
+    """Per-shard counts, run totals and the summary."""
 
     def __init__(self, shards: list[Shard]) -> None:
         self.started = time.monotonic()
-        self.shards = {s.path: ShardState(size=s.size) for s in shards}
+        self.started_wall = time.time()
+        # Steady state: blocks written after the first one (start-up = until the first block was written).
+        self.first_at: float | None = None
+        self.first_tokens = 0
+        self.last_at: float | None = None
+        self.shards = {s.path: ShardCounts(size=s.size) for s in shards}
         self.bytes_total = sum(s.size for s in shards) or 1
-        self.docs_read = self.docs_failed = self.chunks_embedded = self.chunks_failed = 0
-        self.rows_written = self.tokens = self.padded_tokens = self.truncated_docs = 0
-        self.shards_failed = self.shards_skipped = self.duplicate_ids = self.docs_deleted = 0
-        # Hashes of the ids of finished shards (8 bytes each), as sorted runs merged now and then
-        # (one growing array re-sorted per shard would cost quadratic time).
-        self._seen_runs: list[np.ndarray] = []
+        self.shards_skipped = self.docs_deleted = self.rejects = self.fp32_reruns = self.chunks_deleted = 0
+        self.delete_failures = 0
+        self.cross_shard_duplicates: int | None = 0
+        self.id_kind_mismatch: list[str] = []
         self.languages: dict[str, dict[str, int]] = {}
+        self.reject_samples: list[dict[str, Any]] = []
+        self.read: dict[str, int] = {}  # from the read tasks' counter (progress lines only)
+        self.lock = threading.Lock()
 
-    def observe(self, table: pa.Table) -> list[str]:
-        """Count one batch from the pipeline; returns the shards it completed."""
-        shard = table.column(c.SHARD).to_pylist()
-        chunk_index = table.column(c.CHUNK_INDEX).to_numpy(zero_copy_only=False)
-        chunk_index = np.where(table.column(c.CHUNK_INDEX).is_null().to_numpy(zero_copy_only=False), -1, chunk_index)
-        err = ~table.column(c.ERROR).is_null().to_numpy(zero_copy_only=False)
-        end = table.column(SHARD_END).to_pylist()
-        n_chunks = table.column(N_CHUNKS).to_numpy(zero_copy_only=False)
-        doc_ids = table.column(c.DOC_ID).to_pylist()
-        touched = set()
-        for i, path in enumerate(shard):
-            st = self.shards[path]
-            touched.add(path)
-            if end[i] is not None:  # end marker (carries the error of a shard that failed)
-                st.docs_total = end[i]
-                if err[i]:
-                    st.error = table.column(c.ERROR)[i].as_py()
-                    self.shards_failed += 1
-            elif chunk_index[i] < 0:  # a document rejected before chunking
-                st.docs_seen += 1
-                if doc_ids[i] is not None:
-                    st.doc_ids.append(doc_ids[i])
-                self.docs_read += 1
-                self.docs_failed += 1
-            else:
-                st.chunks_seen += 1
-                if chunk_index[i] == 0:
-                    st.docs_seen += 1
-                    st.doc_ids.append(doc_ids[i])
-                    st.chunks_expected += int(n_chunks[i])
-                    self.docs_read += 1
-                if err[i]:
-                    self.chunks_failed += 1
-        is_chunk = (chunk_index >= 0)
-        ok = is_chunk & ~err
-        self._count_languages(table, ok, chunk_index)
-        self.chunks_embedded += int(ok.sum())
-        self.tokens += int(table.column(c.N_TOKENS).to_numpy(zero_copy_only=False)[ok].sum())
-        self.padded_tokens += int(table.column(PADDED_LEN).to_numpy(zero_copy_only=False)[ok].sum())
-        truncated = table.column(c.TRUNCATED).to_numpy(zero_copy_only=False)
-        self.truncated_docs += int((truncated & (chunk_index == 0)).sum())
-        return [p for p in touched if self.shards[p].done]
+    def add(self, rec: dict[str, Any]) -> list[str]:
+        """Count a confirmed writer record; returns the shards it completed."""
+        with self.lock:
+            done = []
+            for path, counts in rec["shards"].items():
+                st = self.shards[path]
+                was = st.done
+                st.add(counts)
+                if st.done and not was:
+                    done.append(path)
+            for lang, stats in rec["languages"].items():
+                mine = self.languages.setdefault(lang, dict.fromkeys(stats, 0))
+                for key, value in stats.items():
+                    mine[key] = mine.get(key, 0) + value
+            self.rejects += rec["rejects"]
+            self.fp32_reruns += rec.get("fp32_reruns", 0)
+            if len(self.reject_samples) < 20:
+                self.reject_samples.extend(rec["reject_samples"][:20 - len(self.reject_samples)])
+            tokens = sum(c.get("tokens", 0) for c in rec["shards"].values())
+            at = rec.get("at")
+            if at is not None and tokens:
+                if self.first_at is None or at < self.first_at:
+                    self.first_at, self.first_tokens = at, tokens
+                self.last_at = max(self.last_at or at, at)
+            return done
 
-    def _count_languages(self, table: pa.Table, ok: np.ndarray, chunk_index: np.ndarray) -> None:
-        """Documents, characters, tokens, chunks and full-window chunks per language."""
-        langs = table.column(c.LANG).to_pylist()
-        chars = table.column(c.DOC_CHARS).to_numpy(zero_copy_only=False)
-        tokens = table.column(c.N_TOKENS).to_numpy(zero_copy_only=False)
-        at_limit = table.column(c.AT_LIMIT).to_numpy(zero_copy_only=False)
-        for i in np.flatnonzero(ok):
-            stats = self.languages.setdefault(langs[i] or "unknown",
-                                              {"docs": 0, "chars": 0, "tokens": 0, "chunks": 0, "chunks_at_limit": 0})
-            if chunk_index[i] == 0:
-                stats["docs"] += 1
-                stats["chars"] += int(chars[i])
-            stats["tokens"] += int(tokens[i])
-            stats["chunks"] += 1
-            stats["chunks_at_limit"] += int(at_limit[i])
+    def lose(self, records: list[dict[str, Any]]) -> None:
+        """Records of a writer that died before confirming them: their shards cannot complete now."""
+        with self.lock:
+            for rec in records:
+                for path in rec["shards"]:
+                    self.shards[path].lost = True
+        log.warning("a writer restarted before confirming its last blocks: %d shard(s) cannot be completed in "
+                    "this run and stay unrecorded (the next run does them again)", len({p for r in records
+                                                                                         for p in r["shards"]}))
+
+    def total(self, key: str) -> int:
+        return sum(getattr(s, key) for s in self.shards.values())
+
+    @property
+    def docs_read(self) -> int:
+        return self.total("docs_seen")
+
+    @property
+    def docs_failed(self) -> int:
+        return self.total("docs_failed")
+
+    def shards_done(self) -> int:
+        """Shards finished without a shard-level failure."""
+        return sum(1 for s in self.shards.values() if s.ok)
+
+    @property
+    def shards_failed(self) -> int:
+        return sum(1 for s in self.shards.values() if s.done and s.error is not None)
+
+    @property
+    def duplicate_ids(self) -> int:
+        within = sum(int(s.info.get("duplicates", 0)) for s in self.shards.values())
+        return within + (self.cross_shard_duplicates or 0)
+
+    def progress_line(self, unconfirmed_rows: int = 0) -> str:
+        """Documents read and tokenized, chunks embedded, rows written, shards done, rate and ETA."""
+        with self.lock:
+            elapsed = time.monotonic() - self.started
+            done_bytes = sum(s.size for s in self.shards.values() if s.done)
+            docs = max(self.read.get("docs_read", 0), self.docs_read)
+            rate = docs / elapsed if elapsed > 0 else 0.0
+            eta = "?"
+            if 0 < done_bytes < self.bytes_total:
+                eta = f"{elapsed * (self.bytes_total - done_bytes) / done_bytes:.0f}s"
+            elif done_bytes >= self.bytes_total and self.shards:
+                eta = "0s"
+            return (f"progress: {docs} docs read, {self.read.get('chunks_tokenized', 0)} chunks tokenized, "
+                    f"{self.total('chunks_ok')} chunks embedded, "
+                    f"{self.total('rows_written') + unconfirmed_rows} rows written, "
+                    f"{self.docs_failed} docs rejected, {self.shards_done()}/{len(self.shards)} shards, "
+                    f"{rate:.1f} docs/s, {self.total('tokens') / elapsed if elapsed > 0 else 0:.0f} tokens/s, "
+                    f"ETA {eta}")
 
     def language_summary(self) -> dict[str, dict[str, float]]:
         """Per language: counts, tokens per character (tokenizer cost), share of chunks at the length limit."""
@@ -122,73 +143,62 @@ class RunTracker:
                          "chunks_at_limit_share": round(s["chunks_at_limit"] / s["chunks"], 4) if s["chunks"] else 0.0}
         return out
 
-    def finish_shard(self, path: str) -> list[str]:
-        """Count duplicate ids of a finished shard (inside it and against earlier shards); returns its ids."""
-        st = self.shards[path]
-        ids = st.doc_ids
-        unique = set(ids)
-        self.duplicate_ids += len(ids) - len(unique)
-        hashes = np.fromiter((_id_hash(d) for d in unique), dtype=np.uint64, count=len(unique))
-        self.duplicate_ids += int(self._seen_mask(hashes).sum())
-        self._seen_runs.append(np.sort(hashes))
-        if len(self._seen_runs) > 32:
-            self._seen_runs = [np.unique(np.concatenate(self._seen_runs))]
-        st.doc_ids = []
-        return ids
-
-    def already_seen(self, ids: list[str]) -> list[str]:
-        """Those of ``ids`` that a shard finished in this run holds."""
-        hashes = np.fromiter((_id_hash(d) for d in ids), dtype=np.uint64, count=len(ids))
-        return [d for d, hit in zip(ids, self._seen_mask(hashes)) if hit]
-
-    def _seen_mask(self, hashes: np.ndarray) -> np.ndarray:
-        seen = np.zeros(len(hashes), dtype=bool)
-        for run in self._seen_runs:
-            seen |= np.isin(hashes, run)
-        return seen
-
-    def shards_done(self) -> int:
-        """Shards finished without a shard-level failure."""
-        return sum(1 for s in self.shards.values() if s.ok)
-
-    def progress_line(self) -> str:
-        """Documents and shards done, rate and ETA (by bytes of finished shards)."""
-        elapsed = time.monotonic() - self.started
-        done_bytes = sum(s.size for s in self.shards.values() if s.done)
-        rate = self.docs_read / elapsed if elapsed > 0 else 0.0
-        eta = "?"
-        if 0 < done_bytes < self.bytes_total:
-            eta = f"{elapsed * (self.bytes_total - done_bytes) / done_bytes:.0f}s"
-        elif done_bytes >= self.bytes_total:
-            eta = "0s"
-        return (f"progress: {self.docs_read} docs ({self.docs_failed} failed), {self.chunks_embedded} chunks, "
-                f"{self.shards_done()}/{len(self.shards)} shards, {rate:.1f} docs/s, "
-                f"{self.tokens / elapsed if elapsed > 0 else 0:.0f} tokens/s, ETA {eta}")
-
     def summary(self) -> dict[str, object]:
         """The run summary promised in the README."""
         elapsed = time.monotonic() - self.started
+        startup = (self.first_at - self.started_wall) if self.first_at is not None else elapsed
+        tokens = self.total("tokens")
+        padded = self.total("padded_tokens")
+        steady = (self.last_at - self.first_at) if self.first_at is not None and self.last_at is not None else 0.0
         return {
             "docs_read": self.docs_read,
-            "chunks_embedded": self.chunks_embedded,
-            "rows_written": self.rows_written,
+            "chunks_embedded": self.total("chunks_ok"),
+            "rows_written": self.total("rows_written"),
             "docs_failed": self.docs_failed,
-            "chunks_failed": self.chunks_failed,
+            "chunks_failed": self.total("chunks_failed"),
             "shards": len(self.shards),
             "shards_done": self.shards_done(),
             "shards_failed": self.shards_failed,
+            "shards_incomplete": sum(1 for s in self.shards.values() if not s.done or s.lost),
             "shards_skipped": self.shards_skipped,
-            "docs_truncated": self.truncated_docs,
+            "docs_truncated": self.total("truncated"),
             "duplicate_ids": self.duplicate_ids,
             "docs_deleted": self.docs_deleted,
-            "tokens": self.tokens,
+            "chunks_deleted": self.chunks_deleted,
+            "deletes_failed": self.delete_failures,
+            "id_kind_mismatch": self.id_kind_mismatch[:20],
+            "fp32_reruns": self.fp32_reruns,
+            "tokens": tokens,
             "elapsed_s": round(elapsed, 3),
+            "startup_s": round(startup, 3),
             "docs_per_s": round(self.docs_read / elapsed, 3) if elapsed > 0 else 0.0,
-            "tokens_per_s": round(self.tokens / elapsed, 1) if elapsed > 0 else 0.0,
-            "padding_efficiency": round(self.tokens / self.padded_tokens, 4) if self.padded_tokens else 1.0,
+            "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else 0.0,
+            # tokens of the blocks after the first, over the time from the first block written to the last
+            "steady_tokens_per_s": round((tokens - self.first_tokens) / steady, 1) if steady > 0 else None,
+            "padding_efficiency": round(tokens / padded, 4) if padded else 1.0,
             "languages": self.language_summary(),
         }
 
 
-def _id_hash(doc_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "little")
+class ProgressTimer:
+    """Logs a progress line every ``every_s`` seconds from a daemon thread until stopped."""
+
+    def __init__(self, every_s: float, line: Callable[[], str]) -> None:
+        self.every_s, self.line = every_s, line
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+
+    def start(self) -> ProgressTimer:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                log.info(self.line())
+            except Exception as e:  # noqa: BLE001 - a progress line must never stop the run
+                log.debug("progress line failed: %s", e)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -51,6 +51,11 @@ class ClusterConfig:
     cpus_per_worker: float = doc("CPUs requested by each embedding actor.", 1.0)
     rows_per_task: int = doc("Chunks handed to an embedding actor at a time; the actor packs them "
                              "into token-budget batches.", 512)
+    writers: int | None = doc("Writer actors (each upserts into Milvus or writes import files). Empty = one per "
+                              "embedding actor (cluster.workers).")
+    cpus_per_writer: float = doc("CPUs each writer reserves. 0 (default) reserves none, so writers can never "
+                                 "starve the read tasks on small nodes; set it on large clusters to spread them.",
+                                 0.0)
     ship_code: bool = doc("When the driver joins a running cluster from a checkout (not under ray job submit): "
                           "ship the checkout to the workers as Ray's working_dir. false: the project is installed "
                           "(or on a shared filesystem) on every node.", True)
@@ -60,8 +65,16 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError("cluster.workers must be >= 1")
-        if self.gpus_per_worker < 0 or self.cpus_per_worker < 0:
-            raise ValueError("cluster.gpus_per_worker and cluster.cpus_per_worker must be >= 0")
+        if self.gpus_per_worker < 0 or self.cpus_per_worker < 0 or self.cpus_per_writer < 0:
+            raise ValueError("cluster.gpus_per_worker, cluster.cpus_per_worker and cluster.cpus_per_writer must be "
+                             ">= 0")
+        if self.writers is not None and self.writers < 1:
+            raise ValueError("cluster.writers must be >= 1 (or empty: one per worker)")
+
+    @property
+    def writer_count(self) -> int:
+        """Writer actors of the run."""
+        return self.writers or self.workers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +97,13 @@ class MilvusConfig:
     bulk_uri: str | None = doc("bulk_import: s3://bucket/prefix the Milvus server can read for import files.")
     bulk_storage_options: dict[str, object] = doc("bulk_import: s3 options (endpoint_url, key, secret) for bulk_uri.",
                                                   default_factory=dict, secret=True)
+    import_uri: str | None = doc("bulk_import: base url of the server's REST API (import jobs). Empty = milvus.uri "
+                                 "(Milvus serves REST on its gRPC port).")
+    import_group_shards: int = doc("bulk_import: an import job is submitted each time this many shards (in listing "
+                                   "order) are written; their shards are recorded once it completed.", 64)
+    import_file_mb: int = doc("bulk_import: size at which a writer starts a new import file (Milvus takes files "
+                              "up to 16 GB, at most 1024 per import job).", 1024)
+    import_timeout_s: float = doc("bulk_import: longest wait for one import job.", 6 * 3600.0)
 
     def __post_init__(self) -> None:
         choice("milvus.mode", self.mode, ("upsert", "bulk_import"))
@@ -100,6 +120,10 @@ class MilvusConfig:
                              "use mode: upsert with a local path")
         if self.mode == "bulk_import" and not self.bulk_uri:
             raise ValueError("milvus.mode bulk_import needs milvus.bulk_uri (s3://bucket/prefix the server can read)")
+        if self.import_group_shards < 1:
+            raise ValueError("milvus.import_group_shards must be >= 1")
+        if not 1 <= self.import_file_mb <= 16 * 1024:
+            raise ValueError("milvus.import_file_mb must be between 1 and 16384 (Milvus' limit per file is 16 GB)")
 
     @property
     def is_lite(self) -> bool:
@@ -117,6 +141,14 @@ class CheckpointConfig:
                           "./embed-state/checkpoints")
     storage_options: dict[str, object] = doc("s3fs options for an s3:// manifest (default: source.storage_options).",
                                              default_factory=dict, secret=True)
+    record_every_s: float = doc("Seconds between manifest updates (finished shards are recorded in groups).", 5.0)
+    lease_ttl_s: float = doc("A run holds a lease on its target collection (under checkpoint.uri/leases) and renews "
+                             "it every ttl/4 seconds; a lease without heartbeat for this long is taken over by the "
+                             "next run.", 60.0)
+
+    def __post_init__(self) -> None:
+        if self.record_every_s <= 0 or self.lease_ttl_s < 5:
+            raise ValueError("checkpoint.record_every_s must be > 0 and checkpoint.lease_ttl_s >= 5")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,7 +5,9 @@ Embeds every document of ``source.uri`` into ``milvus.collection``. Runs unchang
 starts a local Ray otherwise.
 
 Exit codes: 0 clean; 3 finished, but some input was rejected (see the summary and the log);
-2 invalid config or input that stops the run before it starts; 1 the run failed.
+2 could not start (invalid config or input, unreachable S3 or Milvus, another run holds the
+target); 1 the run failed; 130 / 143 stopped by SIGINT / SIGTERM. After 1, 130 and 143 running
+the same command again resumes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from jobs.cli import EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_REJECTED, config_or_none, plan_or_exit_code, setup_logging
+from jobs.cli import EXIT_INVALID, EXIT_OK, config_or_none, execute, setup_logging
 from jobs.config import JobConfig, describe, redact
 
 log = logging.getLogger("jobs.embed")
@@ -37,18 +39,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def init_ray(cfg: JobConfig) -> None:
-    """Join a cluster when there is one (address, RAY_ADDRESS, or inside a Ray job), else start a local Ray."""
+def in_ray_job() -> bool:
+    """True under ``ray job submit`` (the job's runtime env ships the code)."""
+    return bool(os.environ.get("RAY_JOB_ID")) or "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def joins_cluster(cfg: JobConfig) -> bool:
+    """True when the driver runs against a Ray cluster instead of a Ray it starts itself."""
+    return bool(cfg.cluster.address or os.environ.get("RAY_ADDRESS") or in_ray_job())
+
+
+def check_cluster_paths(cfg: JobConfig) -> str | None:
+    """On a cluster, the manifest must be where every node and the next run can see it.
+
+    Read tasks on any node write the shards' id files next to the manifest, and ``ray job submit``
+    runs the driver in a per-job working directory that is gone afterwards: a relative
+    ``checkpoint.uri`` is refused there; an absolute local path must be a filesystem shared by all nodes.
+    """
+    from cluster.source.filesystem import is_local
+
+    if not joins_cluster(cfg):
+        return None
+    uri = cfg.checkpoint.uri
+    if uri and is_local(uri) and not os.path.isabs(uri.split("://", 1)[-1]):
+        return (f"checkpoint.uri {uri!r} is a relative path, but the driver joins a Ray cluster: it would be written "
+                "under a per-job working directory (ray job submit) that vanishes, and read tasks on other nodes "
+                "could not reach it. Use s3://bucket/prefix (or an absolute path on a filesystem every node shares)")
+    if uri and is_local(uri):
+        log.warning("checkpoint.uri %s is a local path: every node of the cluster must share this filesystem", uri)
+    if cfg.errors.uri and is_local(cfg.errors.uri) and not os.path.isabs(cfg.errors.uri.split("://", 1)[-1]):
+        log.warning("errors.uri %s is relative: under ray job submit the dead-letter files land in the job's "
+                    "working directory, which does not outlive the job; prefer s3://", cfg.errors.uri)
+    return None
+
+
+def init_ray(cfg: JobConfig) -> bool:
+    """Join a cluster when there is one (address, RAY_ADDRESS, or inside a Ray job), else start a local Ray.
+
+    Returns:
+        True when this process started (and so must shut down) a local Ray.
+    """
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}
-    if os.environ.get("RAY_JOB_ID") or "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
-        # under `ray job submit`: the job's runtime env already ships the code
+    if in_ray_job():  # the job's runtime env already ships the code
         ray.init()
-        return
+        return False
     path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     if address:  # a driver joining a cluster from a checkout
         if cfg.cluster.ship_code:
@@ -56,28 +95,20 @@ def init_ray(cfg: JobConfig) -> None:
         else:
             runtime_env = {"env_vars": {"PYTHONPATH": path, **env}}
         ray.init(address=address, runtime_env=runtime_env)
-        return
+        return False
     # Local Ray: workers import this project from the same checkout. On a loaded small machine
     # the local node can miss Ray's start-up deadline; one more try after a pause is enough.
     for attempt in (1, 2):
         try:
             ray.init(runtime_env={"env_vars": {"PYTHONPATH": path, **env}}, include_dashboard=False)
-            return
+            return True
         except Exception as e:  # Ray raises a bare Exception for a start-up timeout
             if attempt == 2 or "timed out during startup" not in str(e):
                 raise
             log.warning("the local Ray did not start in time (%s); trying once more", e)
             ray.shutdown()
             time.sleep(5)
-
-
-def write_summary(path: Path | None, summary: dict[str, object] | None, *, failed: bool = False) -> None:
-    """The run summary as JSON (also after a failure: what was done until then, with ``failed: true``)."""
-    if path is None or summary is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {**summary, "failed": True} if failed else summary  # on success: exactly the logged summary
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,26 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg is None:
         return EXIT_INVALID
     log.info("config %s", json.dumps(redact(cfg), default=str))
-    the_plan = plan_or_exit_code(cfg, log)
-    if isinstance(the_plan, int):
-        return the_plan
-
-    from cluster import driver
-
-    init_ray(cfg)
-    try:
-        summary = driver.run(cfg, the_plan)
-    except driver.RejectedInput as e:
-        log.error("stopped: %s (finished shards are recorded; fix the input and run again to resume)", e)
-        write_summary(args.summary, getattr(e, "summary", None), failed=True)
-        return EXIT_FAILED
-    except Exception as e:
-        log.exception("the run failed")
-        write_summary(args.summary, getattr(e, "summary", None), failed=True)
-        return EXIT_FAILED
-    write_summary(args.summary, summary)
-    rejected = summary["docs_failed"] or summary["chunks_failed"] or summary["shards_failed"]
-    return EXIT_REJECTED if rejected else EXIT_OK
+    return execute(cfg, log, args.summary)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ import random
 import re
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from jobs.cli import EXIT_FAILED, EXIT_INVALID, EXIT_OK, config_or_none, plan_or_exit_code, setup_logging
+from jobs.cli import EXIT_INVALID, EXIT_OK, EXIT_REJECTED, config_or_none, execute, setup_logging
 from jobs.config import JobConfig, redact
-from jobs.embed import init_ray
 
 log = logging.getLogger("jobs.reindex")
 
@@ -34,20 +34,21 @@ def derived_name(cfg: JobConfig) -> str:
 
 
 def manifest_records(cfg: JobConfig) -> list[dict[str, Any]]:
-    from cluster.checkpoint import Manifest, job_identity
+    """The shard records this build finished (its current generation)."""
+    from cluster.manifest import Manifest, Store, job_identity
 
-    manifest = Manifest(cfg.checkpoint.uri, cfg.checkpoint.storage_options or cfg.source.storage_options,
+    manifest = Manifest(Store(cfg.checkpoint.uri, cfg.checkpoint.storage_options or cfg.source.storage_options),
                         job_identity(cfg))
-    return list(manifest.records().values())
+    return [r for r in manifest.records().values() if manifest.done(r)]
 
 
-def validate(cfg: JobConfig, collection: str, summary: dict[str, Any]) -> None:
+def validate(cfg: JobConfig, milvus: Any, collection: str, summary: dict[str, Any]) -> None:
     """Row count and self-retrieval checks; raises ValueError when the new collection is not fit to serve."""
     from cluster.milvus.connect import connect
     from cluster.milvus.search import search
     from embedder.encoder import Encoder
 
-    client = connect(cfg.milvus)
+    client = connect(milvus)
     try:
         client.load_collection(collection)
         rows = int(client.query(collection, filter="", output_fields=["count(*)"])[0]["count(*)"])
@@ -83,30 +84,26 @@ def validate(cfg: JobConfig, collection: str, summary: dict[str, Any]) -> None:
         client.close()
 
 
-def check_alias_name(cfg: JobConfig) -> None:
+def check_alias_name(cfg: JobConfig, the_plan: Any) -> None:
     """The alias must not be a real collection's name (checked before hours of embedding, not after)."""
     from cluster.milvus.aliases import alias_target
-    from cluster.milvus.connect import connect
 
-    client = connect(cfg.milvus)
-    try:
-        if client.has_collection(cfg.milvus.alias) and alias_target(client, cfg.milvus.alias) is None:
-            raise ValueError(f"milvus.alias {cfg.milvus.alias!r} is the name of a real collection; readers need an "
-                             "alias: choose another name, or rename that collection")
-    finally:
-        client.close()
+    client = the_plan.client
+    if client.has_collection(cfg.milvus.alias) and alias_target(client, cfg.milvus.alias) is None:
+        raise ValueError(f"milvus.alias {cfg.milvus.alias!r} is the name of a real collection; readers need an "
+                         "alias: choose another name, or rename that collection")
 
 
-def swap(cfg: JobConfig, collection: str) -> list[str]:
+def swap(cfg: JobConfig, milvus: Any, collection: str) -> list[str]:
     """Point the alias at ``collection``, record it, apply retention; returns dropped collections."""
-    from cluster.checkpoint import AliasHistory
+    from cluster.manifest import AliasHistory
     from cluster.milvus.aliases import drop_collections, point_alias
     from cluster.milvus.connect import connect
 
     history = AliasHistory(cfg.checkpoint.uri, cfg.checkpoint.storage_options or cfg.source.storage_options,
                            cfg.milvus.alias)
     entries = [e for e in history.load() if e["collection"] != collection]
-    client = connect(cfg.milvus)
+    client = connect(milvus)
     try:
         previous = point_alias(client, cfg.milvus.alias, collection)
         if previous and previous not in [e["collection"] for e in entries]:  # an alias made by hand
@@ -122,7 +119,7 @@ def swap(cfg: JobConfig, collection: str) -> list[str]:
 
 def rollback(cfg: JobConfig) -> str:
     """Point the alias back at the collection before the live one."""
-    from cluster.checkpoint import AliasHistory
+    from cluster.manifest import AliasHistory
     from cluster.milvus.aliases import alias_target, point_alias
     from cluster.milvus.connect import connect
 
@@ -178,27 +175,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg = dataclasses.replace(cfg, mode="full", milvus=dataclasses.replace(cfg.milvus, collection=name))
     log.info("reindex into %s, config %s", name, json.dumps(redact(cfg), default=str))
 
-    the_plan = plan_or_exit_code(cfg, log, check=check_alias_name)
-    if isinstance(the_plan, int):
-        return the_plan
+    def after(the_plan: Any, summary: dict[str, Any]) -> dict[str, Any]:
+        validate(cfg, the_plan.milvus, name, summary)
+        dropped = swap(cfg, the_plan.milvus, name)
+        done = {**summary, "collection": name, "alias": cfg.milvus.alias, "dropped": dropped}
+        log.info("reindex done: %s", json.dumps(done))
+        return done
 
-    from cluster import driver
-
-    init_ray(cfg)
-    try:
-        summary = driver.run(cfg, the_plan)
-        validate(cfg, name, summary)
-        dropped = swap(cfg, name)
-    except Exception:
-        log.exception("reindex failed; the alias %s was not moved", cfg.milvus.alias)
-        return EXIT_FAILED
-    summary = {**summary, "collection": name, "alias": cfg.milvus.alias, "dropped": dropped}
-    log.info("reindex done: %s", json.dumps(summary))
-    if args.summary:
-        with open(args.summary, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
-    return EXIT_OK
-
+    code = execute(cfg, log, Path(args.summary) if args.summary else None, check=check_alias_name, after=after)
+    if code not in (EXIT_OK, EXIT_REJECTED):
+        log.error("reindex failed; the alias %s was not moved", cfg.milvus.alias)
+    return code
 
 if __name__ == "__main__":
     sys.exit(main())

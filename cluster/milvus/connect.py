@@ -3,7 +3,7 @@
 * ``uri`` a local path (``./milvus.db``): milvus-lite, embedded in this process. milvus-lite
   locks its data folder, so only ONE process may open it; several writers (Ray actors) need
   a server: ``milvus-lite server --data-dir DIR --port 19530`` and ``uri: http://host:19530``.
-* ``uri`` ``http(s)://host:port``: a Milvus server, with ``token`` (or ``MILVUS_TOKEN``) and ``db_name``.
+* ``uri`` ``http(s)://host:port``: a Milvus server, with ``token`` and ``db_name``.
 
 The token never appears in logs or exception messages: messages are redacted, and a filter on
 the ``pymilvus`` loggers removes it from anything pymilvus logs.
@@ -12,7 +12,6 @@ the ``pymilvus`` loggers removes it from anything pymilvus logs.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from pymilvus import MilvusClient
@@ -55,8 +54,8 @@ def _guard_logs(secrets: list[str]) -> None:
 
 
 def token_of(cfg: MilvusConfig) -> str | None:
-    """The token to use: ``milvus.token``, else the ``MILVUS_TOKEN`` environment variable."""
-    return cfg.token or os.environ.get("MILVUS_TOKEN") or None
+    """The token to use: ``milvus.token`` (``jobs.config`` fills it from MILVUS_TOKEN / MILVUS_TOKEN_FILE)."""
+    return cfg.token or None
 
 
 def lite_path(uri: str) -> Path:

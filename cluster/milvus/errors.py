@@ -5,7 +5,6 @@ No heavy imports here: the job's driver may catch these errors without loading p
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable
 
@@ -30,9 +29,9 @@ class BulkImportError(RuntimeError):
 
 
 def secrets_of(token: str | None) -> list[str]:
-    """The strings that must never appear in logs or messages: the token, its parts, MILVUS_TOKEN."""
+    """The strings that must never appear in logs or messages: the token and its password part."""
     found: list[str] = []
-    for value in (token, os.environ.get("MILVUS_TOKEN")):
+    for value in (token,):
         if not value:
             continue
         found.append(value)

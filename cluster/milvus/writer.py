@@ -21,6 +21,7 @@ from cluster.milvus import rows as R
 from cluster.milvus.connect import token_of
 from cluster.milvus.errors import MilvusWriteError, redact, secrets_of
 from cluster.milvus.schema import CollectionSpec
+from cluster.retry import retry
 from cluster.settings import MilvusConfig
 
 log = logging.getLogger(__name__)
@@ -128,34 +129,59 @@ class MilvusWriter:
             self.rows_written += len(batch)
         return table.num_rows
 
-    def delete(self, expr: str) -> None:
-        """Delete the rows matching ``expr`` (retried like writes)."""
-        self._call(f"delete where {expr[:80]}", lambda: self.client.delete(self.spec.name, filter=expr,
-                                                                           timeout=self.request_timeout))
+    def delete_keys(self, pks: list[str]) -> None:
+        """Delete rows by primary key (keys are hex digests and digits: no user text reaches an expression)."""
+        for start in range(0, len(pks), self.cfg.write_batch_rows):
+            part = pks[start:start + self.cfg.write_batch_rows]
+            self._call(f"delete of {len(part)} rows", lambda p=part: self.client.delete(
+                self.spec.name, ids=p, timeout=self.request_timeout))
+
+    def existing_keys(self, pks: list[str]) -> list[str]:
+        """Those of ``pks`` that the collection holds."""
+        found: list[str] = []
+        for start in range(0, len(pks), self.cfg.write_batch_rows):
+            part = pks[start:start + self.cfg.write_batch_rows]
+            rows = self._call(f"lookup of {len(part)} keys", lambda p=part: self.client.get(
+                self.spec.name, ids=p, output_fields=[C.PK], timeout=self.request_timeout))
+            found.extend(r[C.PK] for r in rows)  # type: ignore[union-attr]
+        return found
+
+    def chunk_tails(self, starts: list[tuple[str, int]]) -> list[str]:
+        """Keys of the chunks that exist from each ``(doc_id, first chunk)`` on (a document's chunks are
+        numbered without gaps, so the search stops at the first missing one)."""
+        found: list[str] = []
+        todo = starts
+        while todo:
+            keys = {C.chunk_pk(d, k): (d, k) for d, k in todo}
+            hits = self.existing_keys(list(keys))
+            found.extend(hits)
+            todo = [(keys[h][0], keys[h][1] + 1) for h in hits]
+        return found
 
     def flush(self) -> None:
-        """Seal what was written, so that it is persisted and counted (call once at the end)."""
+        """Seal what was written (call once at the end: index building works on sealed segments)."""
         self._call("flush", lambda: self.client.flush(self.spec.name, timeout=self.request_timeout))
 
     def _call(self, what: str, fn: Callable[[], object]) -> object:
-        delay, started = self.initial_delay, time.monotonic()
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return fn()
-            except Exception as e:  # noqa: BLE001 - classified below
-                detail = redact(f"{type(e).__name__}: {getattr(e, 'message', None) or e}", self._secrets)
-                if not is_transient(e):
-                    raise MilvusWriteError(f"{what} into '{self.spec.name}' failed: {detail}. This is not "
-                                           "transient: check the rows and the collection schema") from e
-                if attempt == self.attempts:
-                    spent = time.monotonic() - started
-                    raise MilvusWriteError(f"{what} into '{self.spec.name}' still failed after {attempt} attempts "
-                                           f"over {spent:.0f} s: {detail}. Check that Milvus at "
-                                           f"{redact(self.cfg.uri, self._secrets)} is up and reachable; "
-                                           "the job can be re-run safely (writes are upserts)") from e
-                log.warning("%s failed (attempt %d/%d, retrying in %.1f s): %s", what, attempt, self.attempts,
-                            delay, detail)
-                self.retries += 1
-                self._sleep(delay)
-                delay = min(delay * 2, self.max_delay)
-        raise AssertionError("unreachable")
+        started = time.monotonic()
+        try:
+            return retry(fn, what=f"{what} into '{self.spec.name}'", is_transient=is_transient,
+                         attempts=self.attempts, base_delay=self.initial_delay, max_delay=self.max_delay,
+                         jitter=False, sleep=self._counting_sleep, describe=self._describe, logger=log)
+        except Exception as e:  # noqa: BLE001 - classified below
+            detail = self._describe(e)
+            if not is_transient(e):
+                raise MilvusWriteError(f"{what} into '{self.spec.name}' failed: {detail}. This is not "
+                                       "transient: check the rows and the collection schema") from e
+            spent = time.monotonic() - started
+            raise MilvusWriteError(f"{what} into '{self.spec.name}' still failed after {self.attempts} attempts "
+                                   f"over {spent:.0f} s: {detail}. Check that Milvus at "
+                                   f"{redact(self.cfg.uri, self._secrets)} is up and reachable; "
+                                   "the job can be re-run safely (writes are upserts)") from e
+
+    def _describe(self, e: BaseException) -> str:
+        return redact(f"{type(e).__name__}: {getattr(e, 'message', None) or e}", self._secrets)
+
+    def _counting_sleep(self, delay: float) -> None:
+        self.retries += 1
+        self._sleep(delay)

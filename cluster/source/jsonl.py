@@ -34,6 +34,7 @@ class _Batch:
         self.texts: list[str | None] = []
         self.errors: list[str | None] = []
         self.rows: list[int] = []
+        self.kinds: set[str] = set()
         self.meta: dict[str, list[Any]] = {c: [] for c in metadata}
 
     def add(self, row: int, doc_id: str | None, text: str | None, error: str | None, meta: dict[str, Any]) -> None:
@@ -46,11 +47,11 @@ class _Batch:
 
     def table(self, path: str, typer: MetadataArrays) -> pa.Table:
         meta = {col: typer.array(col, values) for col, values in self.meta.items()}
-        return make_table(self.ids, self.texts, meta, path, self.rows, self.errors)
+        return make_table(self.ids, self.texts, meta, path, self.rows, self.errors, self.kinds)
 
 
-def _parse(line: bytes, cfg: SourceConfig, metadata: list[str]) -> tuple[str | None, str | None, str | None,
-                                                                         dict[str, Any], dict[str, Any] | None]:
+def _parse(line: bytes, cfg: SourceConfig, metadata: list[str],
+           kinds: set[str]) -> tuple[str | None, str | None, str | None, dict[str, Any], dict[str, Any] | None]:
     """One non-blank line -> (doc_id, text, error, metadata values, the object or None)."""
     try:
         decoded = line.decode("utf-8")
@@ -64,7 +65,7 @@ def _parse(line: bytes, cfg: SourceConfig, metadata: list[str]) -> tuple[str | N
     if not isinstance(obj, dict):
         return None, None, f"line is not a JSON object (got {type(obj).__name__})", {}, None
     if cfg.id_column in obj:
-        doc_id, id_error = check_id(obj[cfg.id_column], cfg.id_column)
+        doc_id, id_error = check_id(obj[cfg.id_column], cfg.id_column, kinds)
     else:
         doc_id, id_error = None, f"missing id: no '{cfg.id_column}' field"
     if cfg.text_column in obj:
@@ -153,7 +154,7 @@ def read_jsonl(path: str, fmt: str, f: BinaryIO, cfg: SourceConfig, metadata: li
                 line = line[len(_BOM):]
             if not line.strip():
                 continue
-            doc_id, text, error, meta, obj = _parse(line, cfg, metadata)
+            doc_id, text, error, meta, obj = _parse(line, cfg, metadata, batch.kinds)
             batch.add(line_no, doc_id, text, error, meta)
             if held is not None and obj is not None:
                 objects += 1

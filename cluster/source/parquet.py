@@ -77,14 +77,15 @@ def _table(path: str, batch: pa.RecordBatch, cfg: SourceConfig, metadata: list[s
     ids: list[str | None] = []
     texts: list[str | None] = []
     errors: list[str | None] = []
+    kinds: set[str] = set()
     raw_ids = batch.column(cfg.id_column).to_pylist()
     raw_texts = batch.column(cfg.text_column).to_pylist()
     for raw_id, raw_text in zip(raw_ids, raw_texts, strict=True):
-        doc_id, id_error = check_id(raw_id, cfg.id_column)
+        doc_id, id_error = check_id(raw_id, cfg.id_column, kinds)
         text, text_error = check_text(raw_text)
         error = join_errors(id_error, text_error)
         ids.append(doc_id)
         texts.append(None if error else text)
         errors.append(error)
     meta = {col: batch.column(col) for col in metadata}
-    return make_table(ids, texts, meta, path, range(first_row, first_row + batch.num_rows), errors)
+    return make_table(ids, texts, meta, path, range(first_row, first_row + batch.num_rows), errors, kinds)

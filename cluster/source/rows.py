@@ -4,7 +4,8 @@ Every row problem is reported in the ``error`` column (its text set to null); se
 one row are joined with ``"; "``. The messages:
 
 * id: ``missing id: no '<col>' field``, ``missing id: '<col>' is null``, ``empty id: '<col>' is empty``,
-  ``id is <type>, expected a string or integer``, ``id is not valid UTF-8``;
+  ``id is <type>, expected a string or integer``, ``id is a floating-point number (...)``, ``id is a boolean
+  (...)``, ``id is not valid UTF-8``;
 * text: ``missing text: no '<col>' field``, ``text is null``, ``empty text`` (empty or whitespace
   only), ``text is <type>, expected a string``, ``text is not valid UTF-8``;
 * jsonl lines: ``line is not valid UTF-8 (...)``, ``line is not valid JSON (...)``,
@@ -38,16 +39,23 @@ def _valid_unicode(value: str) -> bool:
     return True
 
 
-def check_id(value: Any, column: str) -> tuple[str | None, str | None]:
-    """Convert a raw id to a string.
+ID_KINDS = "id_kinds"  # schema metadata of a reader batch: the kinds of ids it held ("integer", "string")
+
+
+def check_id(value: Any, column: str, kinds: set[str] | None = None) -> tuple[str | None, str | None]:
+    """Convert a raw id to the exact string the job compares and stores.
 
     Args:
-        value: The id as read (str, int, float, bytes, other scalar), or None.
+        value: The id as read (str, int, bytes, other scalar), or None.
         column: The id column's name, for messages.
+        kinds: When given, ``"integer"`` or ``"string"`` is added for a usable id (so that a shard
+            whose ids are of another kind than earlier shards can be reported).
 
     Returns:
-        ``(doc_id, None)`` when usable, ``(None, error)`` otherwise. Integers become their
-        decimal form, integral floats too (``3.0`` -> ``"3"``), booleans ``"true"``/``"false"``.
+        ``(doc_id, None)`` when usable, ``(None, error)`` otherwise. Strings are kept exactly as
+        written (no trimming, no normalization); integers become their decimal form (``7`` ->
+        ``"7"``, the reversible rule: the integer is ``int(doc_id)``). Floating-point and boolean
+        ids are rejected: ``1.0`` is not an exact id and must never merge with ``1`` or ``"1"``.
     """
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None, f"missing id: '{column}' is null"
@@ -57,13 +65,14 @@ def check_id(value: Any, column: str) -> tuple[str | None, str | None]:
         except UnicodeDecodeError:
             return None, "id is not valid UTF-8"
     if isinstance(value, bool):
-        return ("true" if value else "false"), None
+        return None, f"id is a boolean ({value!r}); write ids as strings or integers"
     if isinstance(value, int):
+        if kinds is not None:
+            kinds.add("integer")
         return str(value), None
     if isinstance(value, float):
-        if math.isinf(value):
-            return None, "id is float infinity, expected a string or integer"
-        return (str(int(value)) if value.is_integer() else repr(value)), None
+        return None, (f"id is a floating-point number ({value!r}); floats are not exact ids (1.0 would merge with "
+                      "1): write ids as strings or integers (e.g. cast the column to int64 or string)")
     if isinstance(value, (dict, list, tuple)):
         return None, f"id is {type(value).__name__}, expected a string or integer"
     if not isinstance(value, str):
@@ -72,6 +81,8 @@ def check_id(value: Any, column: str) -> tuple[str | None, str | None]:
         return None, f"empty id: '{column}' is empty"
     if not _valid_unicode(value):
         return None, "id is not valid UTF-8"
+    if kinds is not None:
+        kinds.add("string")
     return value, None
 
 
@@ -151,6 +162,7 @@ def make_table(
     shard: str,
     rows: Sequence[int],
     errors: Sequence[str | None],
+    id_kinds: set[str] | None = None,
 ) -> pa.Table:
     """The reader's output batch: doc_id, text, metadata columns, _shard, _row, error.
 
@@ -161,6 +173,7 @@ def make_table(
         shard: The shard's path, repeated in ``_shard``.
         rows: 0-based row numbers within the shard.
         errors: Null, or what is wrong with the row.
+        id_kinds: Kinds of the usable ids (see :func:`check_id`), kept in the schema metadata.
     """
     n = len(rows)
     columns: dict[str, pa.Array] = {
@@ -171,4 +184,7 @@ def make_table(
     columns[contract.SHARD] = pa.array([shard] * n, pa.string())
     columns[contract.ROW] = pa.array(rows, pa.int64())
     columns[contract.ERROR] = pa.array(errors, pa.string())
-    return pa.table(columns)
+    table = pa.table(columns)
+    if id_kinds:
+        table = table.replace_schema_metadata({ID_KINDS: ",".join(sorted(id_kinds))})
+    return table

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cluster import contract as c
-from cluster.stages.arrow import SHARD_END, is_payload, list_array
+from cluster.stages.arrow import is_payload, list_array
 from embedder.language import dominant_script
 from embedder.models.info import load_model_info
 from embedder.settings import ChunkingConfig, ModelConfig
@@ -48,8 +48,12 @@ def reject_long_ids(table: pa.Table) -> pa.Table:
 def tokenize_docs(table: pa.Table, *, model: ModelConfig, chunking: ChunkingConfig,
                   lang_column: str | None = None) -> pa.Table:
     """Add pk, chunk_index, input_ids, n_tokens, n_chunks, truncated; chunk texts replace doc texts."""
+    return tokenize_table(table, get_tokenizer(model, chunking), lang_column)[0]
+
+
+def tokenize_table(table: pa.Table, tok: TextTokenizer, lang_column: str | None = None) -> tuple[pa.Table, np.ndarray]:
+    """:func:`tokenize_docs` with a loaded tokenizer; also returns the chunks of each input row (0: none)."""
     c.require_columns("tokenize", table.column_names, c.READ_COLUMNS)
-    tok = get_tokenizer(model, chunking)
     table = reject_long_ids(table)
     payload = np.flatnonzero(is_payload(table))
     texts = table.column(c.TEXT).to_pylist()
@@ -57,6 +61,8 @@ def tokenize_docs(table: pa.Table, *, model: ModelConfig, chunking: ChunkingConf
 
     # Output rows: every chunk, plus one row per non-payload input (errors, markers).
     per_doc = np.bincount(np.asarray(chunks.doc, dtype=np.int64), minlength=len(payload))
+    per_row = np.zeros(table.num_rows, dtype=np.int32)
+    per_row[payload] = per_doc[:len(payload)]
     src = np.concatenate([payload[chunks.doc], np.flatnonzero(~is_payload(table)),
                           payload[list(chunks.errors)]]).astype(np.int64)
     n_chunk_rows = len(chunks.doc)
@@ -97,15 +103,16 @@ def tokenize_docs(table: pa.Table, *, model: ModelConfig, chunking: ChunkingConf
             doc_lang[k] = doc_lang[k - 1]  # later chunks of the same document follow its first
     out = out.add_column(text_pos, c.TEXT, pa.array(chunk_texts, pa.large_string()).cast(pa.string()))
     out = out.set_column(out.schema.get_field_index(c.ERROR), c.ERROR, pa.array(errors, pa.string()))
-    return (out.append_column(c.PK, pa.array(pks, pa.string()))
-            .append_column(c.CHUNK_INDEX, pa.array(chunk_index, pa.int32()))
-            .append_column(c.INPUT_IDS, list_array(offsets, ids.astype(np.int32), valid))
-            .append_column(c.N_TOKENS, pa.array(lengths.astype(np.int32)))
-            .append_column(N_CHUNKS, pa.array(n_chunks))
-            .append_column(c.LANG, pa.array(doc_lang, pa.string()))
-            .append_column(c.DOC_CHARS, pa.array(doc_chars))
-            .append_column(c.AT_LIMIT, pa.array(lengths >= tok.window))
-            .append_column(c.TRUNCATED, pa.array(chunks.truncated + [False] * (len(src) - n_chunk_rows), pa.bool_())))
+    out = (out.append_column(c.PK, pa.array(pks, pa.string()))
+           .append_column(c.CHUNK_INDEX, pa.array(chunk_index, pa.int32()))
+           .append_column(c.INPUT_IDS, list_array(offsets, ids.astype(np.int32), valid))
+           .append_column(c.N_TOKENS, pa.array(lengths.astype(np.int32)))
+           .append_column(N_CHUNKS, pa.array(n_chunks))
+           .append_column(c.LANG, pa.array(doc_lang, pa.string()))
+           .append_column(c.DOC_CHARS, pa.array(doc_chars))
+           .append_column(c.AT_LIMIT, pa.array(lengths >= tok.window))
+           .append_column(c.TRUNCATED, pa.array(chunks.truncated + [False] * (len(src) - n_chunk_rows), pa.bool_())))
+    return out, per_row
 
 
-__all__ = ["tokenize_docs", "N_CHUNKS", "SHARD_END"]
+__all__ = ["N_CHUNKS", "tokenize_docs", "tokenize_table"]

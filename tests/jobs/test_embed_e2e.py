@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cluster.contract import chunk_pk
 from tests.conftest import REPO_ROOT
 from tests.jobs.conftest import write_config
 
@@ -116,7 +117,7 @@ def test_s3_to_milvus_end_to_end(fmt: str, tmp_path: Path, s3_server: dict[str, 
         fields = {f["name"]: f for f in client.describe_collection("docs")["fields"]}
         assert fields["dense"]["params"]["dim"] == 256
         rows = client.query("docs", filter='doc_id == "router-reset.de.body"', output_fields=["pk", "dense", "lang"])
-        assert [r["pk"] for r in rows] == ["router-reset.de.body#0"] and rows[0]["lang"] == "de"
+        assert [r["pk"] for r in rows] == [chunk_pk("router-reset.de.body", 0)] and rows[0]["lang"] == "de"
         assert abs(sum(v * v for v in rows[0]["dense"]) - 1.0) < 1e-4
         handbook = client.query("docs", filter='doc_id == "handbook.en.handbook"', output_fields=["chunk_index"])
         assert sorted(r["chunk_index"] for r in handbook) == list(range(len(handbook)))

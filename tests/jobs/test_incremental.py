@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cluster.contract import chunk_pk
 from tests.jobs.conftest import write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -101,10 +102,11 @@ def test_a_shorter_new_version_leaves_no_stale_chunks(tmp_path: Path, tiny_m3_di
     client = MilvusClient(str(tmp_path / "m.db"))
     try:
         client.load_collection("docs")
-        rows = client.query("docs", filter='doc_id == "d"', output_fields=["pk", "text"])
+        rows = client.query("docs", filter='doc_id == "d"', output_fields=["pk", "chunk_index", "text"])
     finally:
         client.close()
-    assert [r["pk"] for r in rows] == ["d#0"] and rows[0]["text"] == "Now a short document."
+    assert [(r["pk"], r["chunk_index"]) for r in rows] == [(chunk_pk("d", 0), 0)]
+    assert rows[0]["text"] == "Now a short document."
 
 
 def test_full_mode_resumes_then_starts_over(tmp_path: Path, tiny_m3_dir: Path, ray_local: None) -> None:

@@ -79,16 +79,31 @@ def kill_group(proc: subprocess.Popen[bytes], sig: int = 9) -> None:
 
 
 def milvus_pks(db: Path, collection: str = "docs") -> list[str]:
+    """Every row as ``"<doc_id>#<chunk_index>"`` (readable; each row's real key is checked to be
+    ``chunk_pk(doc_id, chunk_index)``, so duplicates here are duplicate keys there)."""
     from pymilvus import MilvusClient
+
+    from cluster.contract import chunk_pk
 
     client = MilvusClient(str(db))
     try:
         client.load_collection(collection)
-        pks: list[str] = []
-        it = client.query_iterator(collection, batch_size=1000, filter="", output_fields=["pk"])
+        out: list[str] = []
+        it = client.query_iterator(collection, batch_size=1000, filter="",
+                                   output_fields=["pk", "doc_id", "chunk_index"])
         while batch := it.next():
-            pks.extend(r["pk"] for r in batch)
+            for r in batch:
+                assert r["pk"] == chunk_pk(r["doc_id"], r["chunk_index"]), r
+                out.append(f"{r['doc_id']}#{r['chunk_index']}")
         it.close()
-        return pks
+        return out
     finally:
         client.close()
+        release_lite(db)
+
+
+def release_lite(db: Path) -> None:
+    """pymilvus keeps an embedded milvus-lite (and its folder lock) until the process exits; let it go."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    server_manager_instance.release_server(str(db))

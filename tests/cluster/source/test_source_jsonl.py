@@ -31,11 +31,16 @@ def test_rows_ids_and_metadata(tmp_path: Path) -> None:
     ])
     table = pa.concat_tables(read_shard(shard_of(path), cfg(metadata_columns=["lang", "n"])))
     assert table.column_names == ["doc_id", "text", "lang", "n", "_shard", "_row", "error"]
-    assert table.column("doc_id").to_pylist() == ["a", "7", "3", "true"]
+    # integers become their decimal string; floats and booleans are not exact ids: rejected
+    assert table.column("doc_id").to_pylist() == ["a", "7", None, None]
     assert table.column("lang").to_pylist() == ["de", "en", None, None]
     assert table.column("n").type == pa.int64() and table.column("n").to_pylist() == [1, 2, 3, 4]
     assert table.column("_row").to_pylist() == [0, 1, 2, 3]
-    assert table.column("error").null_count == 4
+    errors = table.column("error").to_pylist()
+    assert errors[:2] == [None, None]
+    assert errors[2].startswith("id is a floating-point number (3.0); floats are not exact ids")
+    assert errors[3] == "id is a boolean (True); write ids as strings or integers"
+    assert table.schema.metadata[b"id_kinds"] == b"integer,string"
 
 
 def test_row_problems(tmp_path: Path) -> None:

@@ -1,0 +1,120 @@
+"""End of a run (a Ray task): cross-shard duplicate ids and ``delete_missing``, from the id files.
+
+Streams the per-shard id files of the manifest (:mod:`cluster.manifest.ids`): memory is
+bounded by batches and by the deletion candidates, never by the corpus, and nothing of it runs
+in the driver.
+
+* duplicates: the distinct ids of the shards processed in this run, against the sum of their
+  sizes (each file is unique already; within-shard repeats are counted by the read tasks);
+* ``delete_missing``: candidates are the ids that left changed shards (pending files) and the
+  ids of vanished shards; those found in any current shard (processed now or unchanged) moved
+  and stay; the others lose every chunk, by primary key (their recorded chunk count, then keys
+  probed beyond it). A delete Milvus refuses is reported (dead letter), never retried forever.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cluster import contract as c
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IdPass:
+    """What the end-of-run pass does (one object, sent to the task)."""
+
+    store_uri: str  # the manifest folder of the run's identity
+    storage_options: dict[str, Any]
+    processed: list[str]  # id files (relative) of the shards finished in this run
+    kept: list[str] = field(default_factory=list)  # id files of recorded shards skipped by this run
+    candidates: list[str] = field(default_factory=list)  # pending files and id files of vanished shards
+    count_duplicates: bool = True
+    delete: bool = False
+    milvus: Any = None  # effective MilvusConfig (deletes only)
+    spec: Any = None  # CollectionSpec (deletes only)
+    errors_uri: str | None = None
+    errors_options: dict[str, Any] = field(default_factory=dict)
+    run_id: str = ""
+
+
+def run_id_pass(p: IdPass) -> dict[str, Any]:
+    """Returns ``{"distinct": n | None, "docs_deleted", "chunks_deleted", "delete_failures"}``."""
+    from cluster.manifest.ids import distinct_count
+    from cluster.manifest.store import Store
+
+    store = Store(p.store_uri, p.storage_options)
+    out: dict[str, Any] = {"distinct": None, "docs_deleted": 0, "chunks_deleted": 0, "delete_failures": 0}
+    if p.count_duplicates and p.processed:
+        out["distinct"] = distinct_count(store.fs, [store.path(r) for r in p.processed],
+                                         store.path(f"tmp/{p.run_id}"))
+    if p.delete and p.candidates:
+        out.update(_delete_missing(p, store))
+    return out
+
+
+def _candidates(p: IdPass, store: Any) -> pa.Table:
+    from cluster.manifest.ids import read_table
+
+    parts = []
+    for rel in p.candidates:
+        try:
+            parts.append(read_table(store.fs, store.path(rel)))
+        except FileNotFoundError:
+            log.warning("candidate file %s is gone", rel)
+    if not parts:
+        return pa.table({c.DOC_ID: pa.array([], pa.string()), c.N_CHUNKS: pa.array([], pa.int32())})
+    table = pa.concat_tables(parts)
+    grouped = table.group_by(c.DOC_ID).aggregate([(c.N_CHUNKS, "max")])
+    return pa.table({c.DOC_ID: grouped.column(c.DOC_ID), c.N_CHUNKS: grouped.column(f"{c.N_CHUNKS}_max")})
+
+
+def _delete_missing(p: IdPass, store: Any) -> dict[str, Any]:
+    from cluster.deadletter import DeadLetter
+    from cluster.manifest.ids import present
+    from cluster.milvus.connect import connect
+    from cluster.milvus.errors import MilvusWriteError
+    from cluster.milvus.writer import MilvusWriter
+
+    cands = _candidates(p, store)
+    if not cands.num_rows:
+        return {}
+    found = present(store.fs, [store.path(r) for r in p.processed + p.kept], cands.column(c.DOC_ID))
+    gone = cands.filter(pc.invert(pc.is_in(cands.column(c.DOC_ID), value_set=found)))
+    client = connect(p.milvus)
+    dead = DeadLetter(p.errors_uri, p.errors_options, f"{p.run_id}-deletes")
+    deleted_docs = deleted_chunks = failures = 0
+    try:
+        writer = MilvusWriter(client, p.spec, p.milvus)
+        ids = gone.column(c.DOC_ID).to_pylist()
+        counts = gone.column(c.N_CHUNKS).to_pylist()
+        step = 500
+        for start in range(0, len(ids), step):
+            part, n = ids[start:start + step], counts[start:start + step]
+            try:
+                keys = [pk for d, k in zip(part, n) for pk in c.chunk_pks(d, 0, int(k or 0))]
+                keys += writer.chunk_tails([(d, int(k or 0)) for d, k in zip(part, n)])
+                if keys:
+                    writer.delete_keys(keys)
+                deleted_docs += len(part)
+                deleted_chunks += len(keys)
+            except MilvusWriteError as e:
+                if "not transient" not in str(e):
+                    raise  # Milvus is down: the run fails and the pending deletes stay for the next run
+                failures += len(part)
+                dead.add([{"shard": None, "row": None, "doc_id": d, "reason": f"delete_missing failed: {e}"}
+                          for d in part])
+    finally:
+        dead.close()
+        client.close()
+    if failures:
+        log.error("%d document(s) could not be deleted (see the dead-letter files under %s); they are not retried",
+                  failures, p.errors_uri)
+    return {"docs_deleted": deleted_docs, "chunks_deleted": deleted_chunks, "delete_failures": failures}
+
