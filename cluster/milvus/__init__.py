@@ -8,7 +8,8 @@ Importing this package is cheap (no pymilvus); names are loaded from their modul
 * ``MilvusWriter(client, spec, cfg).write(table) / .flush()`` (:mod:`.writer`)
 * ``from cluster.milvus.search import search``: ``search(client, collection, dense=..., sparse=..., mode=...)``;
   ``rrf_fuse`` (:mod:`.search`)
-* ``BulkFileWriter``, ``run_import`` (:mod:`.bulk`)
+* ``ImportFiles`` (:mod:`.importfiles`): parquet import files; ``ImportClient`` (:mod:`.imports`): the import REST API
+* ``LiteServer`` (:mod:`.lite`): the run's own ``milvus-lite server`` for a local path
 * errors: ``SchemaMismatchError``, ``MilvusConnectError``, ``MilvusWriteError``, ``BulkImportError``
   (:mod:`.errors`, light)
 """
@@ -25,8 +26,9 @@ _LAZY = {
     "ensure_collection": "schema",
     "MilvusWriter": "writer",
     "rrf_fuse": "search",
-    "BulkFileWriter": "bulk",
-    "run_import": "bulk",
+    "ImportFiles": "importfiles",
+    "ImportClient": "imports",
+    "LiteServer": "lite",
 }
 
 __all__ = ["BulkImportError", "MilvusConnectError", "MilvusWriteError", "SchemaMismatchError", *_LAZY]
