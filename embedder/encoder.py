@@ -1,8 +1,10 @@
-"""The encoder in one object: tokenize -> pack by token budget -> forward -> post-process.
+"""The encoder in one object: tokenize -> pack by token budget -> forward + vector math -> host.
 
-The three steps stay separate callables (``TextTokenizer``, ``ModelRunner.forward``,
-``postprocess``) so that ``cluster/`` can run them in different Ray stages; ``Encoder``
-strings them together for one process (the embed actor, queries, evaluation, benchmarks).
+The steps stay separate callables (``TextTokenizer`` on CPU; ``ModelRunner.launch`` /
+``collect`` for the forward pass with the Matryoshka cut and the sparse reduction on the
+device, see ``embedder/device_vectors.py``) so that ``cluster/`` can run them in different Ray
+stages; ``Encoder`` strings them together for one process (the embed actor, queries,
+evaluation, benchmarks), with one batch in flight ahead (``embedder/schedule.py``).
 
 Example:
     >>> enc = Encoder(ModelConfig(name="models/e5"), BatchConfig(), ChunkingConfig())
@@ -13,18 +15,19 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from embedder.batching import pack_batches
-from embedder.forward import ModelRunner
+from embedder.forward import ModelRunner, PostSettings
 from embedder.models.info import load_model_info
 from embedder.models.loader import check_batch_budget, load_model
-from embedder.postprocess import postprocess
 from embedder.precision import resolve_device, resolve_dtype
+from embedder.schedule import Budget, run_batches
 from embedder.settings import BatchConfig, ChunkingConfig, ModelConfig
+from embedder.token_rows import TokenRows
 from embedder.tokenize import Chunks, TextTokenizer
 from embedder.vectors import SparseBatch
 
@@ -40,6 +43,7 @@ class EncodeStats:
     real_tokens: int = 0
     padded_tokens: int = 0
     fp32_reruns: int = 0
+    oom_halvings: int = 0
 
     @property
     def padding_efficiency(self) -> float:
@@ -53,8 +57,9 @@ class Embeddings:
 
     dense: np.ndarray
     sparse: SparseBatch | None
-    widths: np.ndarray  # padded width of the forward batch each row ran in (sum = padded tokens)
+    widths: np.ndarray  # padded width of the forward batch each row ran in; its own length when packed
     errors: dict[int, str] = field(default_factory=dict)
+    fp32_reruns: int = 0  # batches of this call re-run in fp32
 
 
 class Encoder:
@@ -69,7 +74,10 @@ class Encoder:
         dtype = resolve_dtype(model.precision, device)
         self.model = load_model(model, self.info, device, dtype)
         self.tokenizer = TextTokenizer(self.info, model, chunking)
-        self.runner = ModelRunner(self.model, reload_fp32=lambda: load_model(model, self.info, device, _fp32()))
+        fp32_cfg = dataclasses.replace(model, attention="padded")
+        self.runner = ModelRunner(self.model, PostSettings(model.dense_dim, model.normalize, model.sparse_top_k),
+                                  reload_fp32=lambda: load_model(fp32_cfg, self.info, device, _fp32()))
+        self.budget = Budget(batch.max_tokens, batch.max_rows)
         self.stats = EncodeStats()
         log.info("loaded %s on %s as %s (dim %d, sparse %s)", model.name, device, dtype, self.model.dim,
                  self.model.sparse_head is not None)
@@ -83,31 +91,40 @@ class Encoder:
     def has_sparse(self) -> bool:
         return self.model.sparse_head is not None
 
+    @property
+    def unpadded(self) -> bool:
+        """True when batches are packed without padding (``widths`` are then each row's own length)."""
+        return self.runner.unpadded
+
     def embed_ids(self, input_ids: list[np.ndarray]) -> Embeddings:
         """Embed tokenized chunks; the output rows follow the input order."""
-        n = len(input_ids)
+        return self.embed_rows(TokenRows.from_list(input_ids))
+
+    def embed_rows(self, rows: TokenRows) -> Embeddings:
+        """Embed token rows stored flat (as an Arrow list column holds them); output in input order."""
+        n = len(rows)
         dense = np.zeros((n, self.dim), dtype=np.float32)
         sparse_parts: list[tuple[np.ndarray, SparseBatch]] = []
         errors: dict[int, str] = {}
         widths = np.zeros(n, dtype=np.int32)
-        lengths = np.fromiter((len(x) for x in input_ids), dtype=np.int64, count=n)
-        for rows in pack_batches(lengths, self.batch.max_tokens, self.batch.max_rows):
-            out = self.runner.forward([input_ids[i] for i in rows])
-            post = postprocess(out, dense_dim=self.cfg.dense_dim, normalize_dense=self.cfg.normalize,
-                               special_ids=self.model.special_ids, sparse_top_k=self.cfg.sparse_top_k)
-            dense[rows] = post.dense
-            widths[rows] = lengths[rows].max()
-            if post.sparse is not None:
-                sparse_parts.append((rows, post.sparse))
-            for r in post.bad_rows:
-                errors[int(rows[r])] = "non-finite vector, also in fp32"
+        reruns, halvings = 0, self.budget.halvings
+        for batch, res in run_batches(self.runner, rows, self.budget):
+            dense[batch] = res.dense
+            widths[batch] = res.widths
+            if res.sparse is not None:
+                sparse_parts.append((batch, res.sparse))
+            for r in np.flatnonzero(res.bad):
+                errors[int(batch[r])] = "non-finite vector, also in fp32"
+            reruns += int(res.reran_fp32)
             self.stats.batches += 1
-            self.stats.fp32_reruns += int(out.reran_fp32)
-            self.stats.real_tokens += int(lengths[rows].sum())
-            self.stats.padded_tokens += len(rows) * int(widths[rows[0]])
+        lengths = rows.lengths
+        self.stats.fp32_reruns += reruns
+        self.stats.oom_halvings += self.budget.halvings - halvings
+        self.stats.real_tokens += int(lengths.sum())
+        self.stats.padded_tokens += int(widths.sum())
         self.stats.chunks += n
         sparse = _scatter(sparse_parts, n) if self.has_sparse else None
-        return Embeddings(dense=dense, sparse=sparse, widths=widths, errors=errors)
+        return Embeddings(dense=dense, sparse=sparse, widths=widths, errors=errors, fp32_reruns=reruns)
 
     def encode_passages(self, texts: list[str]) -> tuple[Chunks, Embeddings]:
         """Documents -> chunks -> vectors."""

@@ -43,3 +43,21 @@ def resolve_dtype(precision: str, device: str) -> torch.dtype:
             return torch.float16
         return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A device (``torch.OutOfMemoryError``) or host (CPU allocator) allocation failure."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def release_cached_memory(device: str) -> None:
+    """Hand the CUDA caching allocator's free blocks back after an out-of-memory (no-op on CPU)."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()

@@ -43,6 +43,13 @@ class ModelConfig:
     precision: Precision = doc("auto (fp16 on CUDA; bf16 on CPUs with native bf16, else fp32), fp32, fp16, bf16.",
                                "auto")
     device: Literal["auto", "cpu", "cuda"] = doc("Where the forward pass runs; auto = CUDA when visible.", "auto")
+    attention: Literal["auto", "padded", "unpadded"] = doc(
+        "auto: packed batches without padding where this process can run them (flash-attn, or torch's varlen "
+        "flash kernel, on CUDA in fp16/bf16; sequence-by-sequence SDPA on CPU), else padded SDPA. padded: always "
+        "pad. unpadded: pack, and fail at start-up where that is not available.", "auto")
+    cpu_threads: int | None = doc("Torch threads of an embed actor whose forward pass runs on CPU. Empty = every "
+                                  "core the actor's process may use (Ray's OMP_NUM_THREADS, i.e. "
+                                  "cluster.cpus_per_worker, is not used: run one embed actor per CPU node).")
     passage_prefix: str | None = doc("Prefix for documents. Empty = the model's own 'passage'/'document' prompt, "
                                      "if any.")
     query_prefix: str | None = doc("Prefix for queries. Empty = the model's own 'query' prompt, if any.")
@@ -63,7 +70,8 @@ class ModelConfig:
         choice("model.precision", self.precision, ("auto", "fp32", "fp16", "bf16"))
         choice("model.device", self.device, ("auto", "cpu", "cuda"))
         choice("model.sparse", self.sparse, ("auto", True, False))
-        for key in ("dense_dim", "sparse_top_k", "max_seq_length"):
+        choice("model.attention", self.attention, ("auto", "padded", "unpadded"))
+        for key in ("dense_dim", "sparse_top_k", "max_seq_length", "cpu_threads"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"model.{key} must be a positive integer or empty, got {value!r}")
@@ -75,7 +83,9 @@ class ModelConfig:
 class BatchConfig:
     """How chunks are packed into forward passes."""
 
-    max_tokens: int = doc("Token budget of one forward pass, counted on the padded shape (rows x longest row).", 16384)
+    max_tokens: int = doc("Token budget of one forward pass: rows x longest row for padded batches, real tokens "
+                          "for packed (unpadded) ones. Halved for the rest of an actor's life when a batch runs "
+                          "out of device memory.", 16384)
     max_rows: int = doc("Upper bound on rows in one forward pass.", 256)
 
     def __post_init__(self) -> None:

@@ -19,20 +19,28 @@ PADDED_LEN = c.PADDED_LEN
 class EmbedStage:
     """Loads the encoder once in ``__init__``; ``__call__`` embeds a table of chunks.
 
-    Adds ``dense``, ``sparse_indices``, ``sparse_values`` and ``padded_len``, drops
-    ``input_ids``. Rows with an error (or markers) pass through with null vectors; a chunk
-    whose vector stays non-finite in fp32 gets an error instead of a vector.
+    Adds ``dense``, ``sparse_indices``, ``sparse_values``, ``padded_len`` and ``_fp32_reruns``,
+    drops ``input_ids``. Rows with an error (or markers) pass through with null vectors; a chunk
+    whose vector stays non-finite in fp32 gets an error instead of a vector. On CPU the actor
+    sets torch's threads to the node's cores (``embedder/threads.py``), not Ray's OMP_NUM_THREADS.
     """
 
     def __init__(self, model: ModelConfig, batch: BatchConfig, chunking: ChunkingConfig,
                  inject_exit: str | None = None) -> None:
-        from embedder.encoder import Encoder  # heavy: torch + transformers, only inside the actor
+        # heavy: torch + transformers, only inside the actor
+        from embedder.encoder import Encoder
+        from embedder.precision import resolve_device
+        from embedder.threads import use_cpu_threads
 
+        if resolve_device(model) == "cpu":
+            use_cpu_threads(model.cpu_threads)
         self.encoder = Encoder(model, batch, chunking)
         self.calls = 0
         self.inject_exit = inject_exit
 
     def __call__(self, table: pa.Table) -> pa.Table:
+        from embedder.token_rows import TokenRows
+
         c.require_columns("embed", table.column_names, c.TOKENIZED_COLUMNS)
         self.calls += 1
         if self.inject_exit and self.calls == 2 and not os.path.exists(self.inject_exit):
@@ -41,24 +49,29 @@ class EmbedStage:
             os._exit(1)
         payload = np.flatnonzero(is_payload(table))
         col = table.column(c.INPUT_IDS).combine_chunks()
-        flat = col.flatten().to_numpy()
-        offsets = col.offsets.to_numpy()
-        ids = [flat[offsets[i] - offsets[0]: offsets[i + 1] - offsets[0]] for i in payload]
+        # values/offsets as stored (zero copy); offsets index values even for slices and null rows
+        rows = TokenRows(flat=col.values.to_numpy(zero_copy_only=False),
+                         offsets=col.offsets.to_numpy().astype(np.int64)).take(payload)
         enc = self.encoder
-        emb = enc.embed_ids(ids)
+        emb = enc.embed_rows(rows)
         n = table.num_rows
         dense = np.zeros((n, enc.dim), dtype=np.float32)
         dense[payload] = emb.dense
         valid = np.zeros(n, dtype=bool)
         valid[payload] = True
-        errors = table.column(c.ERROR).to_pylist()
-        for k, reason in emb.errors.items():
-            valid[payload[k]] = False
-            errors[payload[k]] = reason
+        errors = table.column(c.ERROR)
+        if emb.errors:
+            errors = errors.to_pylist()
+            for k, reason in emb.errors.items():
+                valid[payload[k]] = False
+                errors[payload[k]] = reason
+            errors = pa.array(errors, pa.string())
         padded = np.zeros(n, dtype=np.int32)
         padded[payload] = emb.widths
+        reruns = np.zeros(n, dtype=np.int32)
+        reruns[:1] = emb.fp32_reruns
         out = table.drop_columns([c.INPUT_IDS])
-        out = out.set_column(out.schema.get_field_index(c.ERROR), c.ERROR, pa.array(errors, pa.string()))
+        out = out.set_column(out.schema.get_field_index(c.ERROR), c.ERROR, errors)
         out = out.append_column(c.DENSE, fixed_list(dense, valid)).append_column(PADDED_LEN, pa.array(padded))
         if emb.sparse is not None:
             lengths = np.zeros(n, dtype=np.int64)
@@ -68,5 +81,4 @@ class EmbedStage:
             sp_offsets = np.concatenate([[0], np.cumsum(lengths)])
             out = out.append_column(c.SPARSE_INDICES, list_array(sp_offsets, emb.sparse.indices[keep], valid))
             out = out.append_column(c.SPARSE_VALUES, list_array(sp_offsets, emb.sparse.values[keep], valid))
-        return out
-
+        return out.append_column(c.FP32_RERUNS, pa.array(reruns))

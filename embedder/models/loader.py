@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from embedder.attention import AttentionChoice, choose_attention, enable
 from embedder.models.info import ModelInfo
 from embedder.settings import ModelConfig
 
@@ -27,6 +28,12 @@ class LoadedModel:
     special_ids: list[int]
     device: str
     dtype: Any  # torch.dtype
+    attention: AttentionChoice = field(default_factory=lambda: AttentionChoice("sdpa", False, "not chosen"))
+
+    @property
+    def pad_id(self) -> int:
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        return int(pad) if pad is not None else 0
 
 
 def find_sparse_head(path: str) -> Path | None:
@@ -80,9 +87,22 @@ def load_model(cfg: ModelConfig, info: ModelInfo, device: str, dtype: Any) -> Lo
         sparse_head.to(dtype)
     tok = info.tokenizer
     special = {getattr(tok, f"{n}_token_id", None) for n in ("cls", "bos", "eos", "sep", "pad", "unk")}
-    return LoadedModel(st=st, tokenizer=tok, sparse_head=sparse_head, dim=dim, max_seq_length=info.max_seq_length,
-                       prompts=info.prompts,
-                       special_ids=sorted(i for i in special if i is not None), device=device, dtype=dtype)
+    loaded = LoadedModel(st=st, tokenizer=tok, sparse_head=sparse_head, dim=dim, max_seq_length=info.max_seq_length,
+                         prompts=info.prompts,
+                         special_ids=sorted(i for i in special if i is not None), device=device, dtype=dtype)
+    return choose_and_enable_attention(loaded, cfg.attention)
+
+
+def choose_and_enable_attention(model: LoadedModel, mode: str) -> LoadedModel:
+    """Pick padded or packed batches for this model here (``model.attention``), switch the model, log it."""
+    from embedder.forward import transformer_first
+
+    hf = model.st.transformers_model
+    model.attention = choose_attention(mode, model.device, model.dtype, hf, chain_ok=transformer_first(model.st))
+    enable(hf, model.attention)
+    how = f"unpadded ({model.attention.implementation})" if model.attention.unpadded else "padded (sdpa)"
+    log.info("attention: %s on %s %s: %s", how, model.device, model.dtype, model.attention.reason)
+    return model
 
 
 def check_sparse(cfg: ModelConfig, has_head: bool) -> None:
