@@ -18,6 +18,8 @@ from embedder.settings import ModelConfig
 
 log = logging.getLogger(__name__)
 COMPLETE_MARKER = ".download-complete"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 
 
 def resolve_model_path(cfg: ModelConfig) -> str:
@@ -74,3 +76,36 @@ def _s3(uri: str, storage_options: dict[str, object]):  # noqa: ANN202 - s3fs is
     if endpoint:
         opts.setdefault("client_kwargs", {})["endpoint_url"] = endpoint  # type: ignore[index]
     return s3fs.S3FileSystem(**opts), uri.removeprefix("s3://").rstrip("/")
+
+
+def check_model_folder(path: Path, name: str) -> None:
+    """Raise a FileNotFoundError naming what a local model folder lacks to be loadable.
+
+    A sentence-transformers folder has ``modules.json``; its transformer module's folder (the
+    root, or e.g. ``0_Transformer/`` in older layouts) has ``config.json`` and the weights
+    (``model.safetensors``, ``pytorch_model.bin``, or the ``.index.json`` of sharded ones).
+    """
+    import json
+
+    missing = []
+    transformer_dir = path
+    modules = path / "modules.json"
+    if not modules.is_file():
+        missing.append("modules.json (the sentence-transformers module list)")
+    else:
+        try:
+            entries = json.loads(modules.read_text(encoding="utf-8"))
+            first = next((m for m in entries if str(m.get("type", "")).endswith("Transformer")), None)
+        except (ValueError, AttributeError, TypeError) as e:
+            raise ValueError(f"model.name {name!r}: {modules} is not a valid modules.json ({e})") from e
+        if first is not None and first.get("path"):
+            transformer_dir = path / first["path"]
+    where = "" if transformer_dir == path else f" in {transformer_dir.relative_to(path)}/"
+    if not (transformer_dir / "config.json").is_file():
+        missing.append(f"config.json{where}")
+    if not any((transformer_dir / w).is_file() for w in WEIGHT_FILES):
+        missing.append(f"weights{where} ({', '.join(WEIGHT_FILES)})")
+    if missing:
+        raise FileNotFoundError(f"model.name {name!r} ({path}) is not a sentence-transformers model folder: it lacks "
+                                f"{'; '.join(missing)}. Give the folder that holds the model (`make model` writes "
+                                "the demo's), or a Hugging Face id")
