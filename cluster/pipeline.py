@@ -39,9 +39,7 @@ def build_dataset(cfg: JobConfig, items: list[dict[str, object]], ids: IdsSink |
         EmbedStage,
         fn_constructor_kwargs={"model": cfg.model, "batch": cfg.batch, "chunking": cfg.chunking,
                                "inject_exit": cfg.cluster.inject_actor_exit},
-        compute=ray.data.ActorPoolStrategy(size=cfg.cluster.workers),
-        num_gpus=cfg.cluster.gpus_per_worker or None,
-        num_cpus=cfg.cluster.cpus_per_worker,
+        **EmbedStage.placement(cfg.cluster),
         batch_size=cfg.cluster.rows_per_task,
         batch_format="pyarrow",
     )

@@ -50,7 +50,7 @@ class TokenRows:
         """Where each token of ``rows`` comes from and where it goes (shared by both shapes)."""
         lengths = self.lengths[rows]
         total = int(lengths.sum())
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        starts = (np.cumsum(lengths) - lengths).astype(np.int64)
         row = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
         col = np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)
         src = np.repeat(self.offsets[rows], lengths) + col

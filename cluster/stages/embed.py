@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from cluster import contract as c
+from cluster.settings import ClusterConfig
 from cluster.stages.arrow import fixed_list, is_payload, list_array
 from embedder.settings import BatchConfig, ChunkingConfig, ModelConfig
 
@@ -37,6 +39,19 @@ class EmbedStage:
         self.encoder = Encoder(model, batch, chunking)
         self.calls = 0
         self.inject_exit = inject_exit
+
+    @staticmethod
+    def placement(cluster: ClusterConfig) -> dict[str, Any]:
+        """The ``map_batches`` arguments that place the actors: pool size, GPUs and CPUs per actor.
+
+        Ray pins each actor to ``gpus_per_worker`` GPUs (``CUDA_VISIBLE_DEVICES`` in the actor);
+        a fraction shares a GPU (0.5: two actors per GPU). Tested with fake GPUs in
+        tests/cluster/stages/test_gpu_pinning.py.
+        """
+        import ray.data
+
+        return {"compute": ray.data.ActorPoolStrategy(size=cluster.workers),
+                "num_gpus": cluster.gpus_per_worker or None, "num_cpus": cluster.cpus_per_worker}
 
     def __call__(self, table: pa.Table) -> pa.Table:
         from embedder.token_rows import TokenRows

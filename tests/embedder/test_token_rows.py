@@ -58,3 +58,11 @@ def test_unpadded_packing_counts_real_tokens(lengths: list[int], max_tokens: int
         assert len(b) == max_rows or arr[b].sum() + arr[nxt[0]] > max_tokens
     # Never more batches than padded packing needs.
     assert len(batches) <= len(pack_batches(lengths, max_tokens, max_rows))
+
+
+def test_no_rows() -> None:
+    tr = TokenRows.from_list([np.array([5, 6])])
+    none = np.zeros(0, dtype=np.int64)
+    assert len(tr.take(none)) == 0 and tr.padded(none, 1)[0].shape == (0, 0)
+    assert tr.packed(none).cu_seqlens.tolist() == [0]
+    assert len(TokenRows.from_list([])) == 0
