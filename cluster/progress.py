@@ -10,6 +10,7 @@ records bring chunks embedded and rows written.
 from __future__ import annotations
 
 import logging
+import resource
 import threading
 import time
 from collections.abc import Callable
@@ -48,7 +49,7 @@ class RunTracker:
         self.shards = {s.path: ShardCounts(size=s.size) for s in shards}
         self.bytes_total = sum(s.size for s in shards) or 1
         self.shards_skipped = self.docs_deleted = self.rejects = self.fp32_reruns = self.chunks_deleted = 0
-        self.delete_failures = 0
+        self.delete_failures = self.stale_deleted = 0
         self.cross_shard_duplicates: int | None = 0
         self.id_kind_mismatch: list[str] = []
         self.languages: dict[str, dict[str, int]] = {}
@@ -72,6 +73,7 @@ class RunTracker:
                     mine[key] = mine.get(key, 0) + value
             self.rejects += rec["rejects"]
             self.fp32_reruns += rec.get("fp32_reruns", 0)
+            self.stale_deleted += rec.get("stale_deleted", 0)
             if len(self.reject_samples) < 20:
                 self.reject_samples.extend(rec["reject_samples"][:20 - len(self.reject_samples)])
             tokens = sum(c.get("tokens", 0) for c in rec["shards"].values())
@@ -164,7 +166,8 @@ class RunTracker:
             "docs_truncated": self.total("truncated"),
             "duplicate_ids": self.duplicate_ids,
             "docs_deleted": self.docs_deleted,
-            "chunks_deleted": self.chunks_deleted,
+            "chunks_deleted": self.chunks_deleted,  # of documents gone from the source (delete_missing)
+            "stale_chunks_deleted": self.stale_deleted,  # tails of documents that shrank
             "deletes_failed": self.delete_failures,
             "id_kind_mismatch": self.id_kind_mismatch[:20],
             "fp32_reruns": self.fp32_reruns,
@@ -176,8 +179,16 @@ class RunTracker:
             # tokens of the blocks after the first, over the time from the first block written to the last
             "steady_tokens_per_s": round((tokens - self.first_tokens) / steady, 1) if steady > 0 else None,
             "padding_efficiency": round(tokens / padded, 4) if padded else 1.0,
+            **driver_usage(),
             "languages": self.language_summary(),
         }
+
+
+def driver_usage() -> dict[str, float]:
+    """CPU seconds and peak memory of this (the driver's) process so far, for scale projections."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"driver_cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+            "driver_peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
 class ProgressTimer:

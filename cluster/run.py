@@ -62,6 +62,8 @@ class Run:
             self._check_complete()
             failed = False
         except BaseException as e:
+            if self.pool is not None and not isinstance(e, LeaseLost):
+                self._salvage()
             e.summary = self.tracker.summary()  # type: ignore[attr-defined]  # what was done before the failure
             raise
         finally:
@@ -231,14 +233,25 @@ class Run:
                 m.forget(p.records[path])
             m.clear_pending(pending)
 
+    def _salvage(self) -> None:
+        """On the failure path: writes in flight finish, dead letters are written, finished shards recorded.
+
+        The stream is abandoned (no new block is handed out); what the writers already hold is
+        confirmed so that a re-run does not redo it. Bulk import groups are not closed: their shards
+        are redone by the next run.
+        """
+        try:
+            self.dead_files = self.pool.checkpoint(timeout_s=60)["dead_files"]
+            finished, self.finished = self.finished, []
+            if self.imports is None:
+                for path in finished:
+                    self._record(path)
+        except BaseException as e:  # noqa: BLE001 - best effort: the original failure is what is reported
+            log.warning("while stopping, could not record the last finished shards: %s", e)
+
     def _stop(self, *, graceful: bool) -> None:
         if self.pool is not None:
             try:
-                if not graceful:  # still write what the writers hold of rejected input
-                    try:
-                        self.pool.checkpoint(timeout_s=30)
-                    except Exception as e:  # noqa: BLE001 - best effort on the failure path
-                        log.warning("could not flush the writers' dead letters: %s", e)
                 self.pool.close(graceful=graceful)
             finally:
                 self.pool = None

@@ -72,7 +72,7 @@ def lite_path(uri: str) -> Path:
     return path
 
 
-def connect(cfg: MilvusConfig, *, timeout: float | None = 30.0) -> MilvusClient:
+def connect(cfg: MilvusConfig, *, timeout: float | None = 10.0) -> MilvusClient:
     """Open a client for ``cfg.uri``.
 
     Args:

@@ -7,6 +7,9 @@ to ``http://127.0.0.1:<port>``, and the server stops when the run ends. The writ
 the driver's node (loopback). The folder stays readable by embedded milvus-lite afterwards
 (``jobs.search``).
 
+A process that already runs an embedded milvus-lite on that folder (a notebook, a test that
+queried it) shares that server instead: only one may hold the folder.
+
 The server process dies with the job: it gets SIGTERM when its parent dies (Linux
 ``PR_SET_PDEATHSIG``), so not even a SIGKILL of the driver leaves it behind.
 """
@@ -44,12 +47,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _release_embedded(path: Path) -> None:
-    """Let go of an embedded milvus-lite server this process holds on ``path`` (pymilvus keeps it, and
-    its folder lock, until the process exits even after ``client.close()``)."""
+def _embedded_uri(path: Path) -> str | None:
+    """The uri of the embedded milvus-lite server this process already runs on ``path``, if any.
+
+    pymilvus keeps an embedded server (and its folder lock) until the process exits, even after
+    ``client.close()``; a run started in such a process (a notebook, a test) shares that server.
+    """
     manager = sys.modules.get("milvus_lite.server_manager")
-    if manager is not None:
-        manager.server_manager_instance.release_server(str(path))
+    if manager is None:
+        return None
+    held = getattr(manager.server_manager_instance, "_servers", {})  # no public lookup that does not start one
+    return manager.server_manager_instance.start_and_get_uri(str(path)) if str(path) in held else None
 
 
 class LiteServer:
@@ -66,6 +74,7 @@ class LiteServer:
         self.port = _free_port()
         self.log_file = log_file
         self.proc: subprocess.Popen[bytes] | None = None
+        self.borrowed = False
 
     @property
     def uri(self) -> str:
@@ -76,7 +85,12 @@ class LiteServer:
         return dataclasses.replace(self.cfg, uri=self.uri)
 
     def start(self, timeout_s: float = 60.0) -> LiteServer:
-        _release_embedded(self.data_dir)
+        shared = _embedded_uri(self.data_dir)
+        if shared is not None:
+            self.port = int(shared.rsplit(":", 1)[1])
+            self.borrowed = True
+            log.info("milvus-lite for %s: sharing this process' embedded server at %s", self.data_dir, shared)
+            return self
         exe = Path(sys.executable).with_name("milvus-lite")
         cmd = [str(exe)] if exe.exists() else ([shutil.which("milvus-lite")] if shutil.which("milvus-lite")
                                                else [sys.executable, "-m", "milvus_lite"])

@@ -1,10 +1,11 @@
 """The collection the job writes: its fields, its indexes, and the check of an existing one.
 
-Fields: ``pk`` VARCHAR(512) primary key (``doc_id#chunk_index``, auto_id off), ``doc_id``
+Fields: ``pk`` VARCHAR(512) primary key (:func:`cluster.contract.chunk_pk`: a hash of the document
+id, ``#``, the chunk index; auto_id off), ``doc_id``
 VARCHAR(512), ``chunk_index`` INT32, ``text`` VARCHAR (when store_text), ``dense``
 FLOAT_VECTOR(dense_dim), ``sparse`` SPARSE_FLOAT_VECTOR (when has_sparse), then the metadata
 fields (nullable). Indexes: dense HNSW/IP on milvus-lite (faiss-cpu is a dependency of
-milvus-lite 3.x), AUTOINDEX/IP on a server; sparse SPARSE_INVERTED_INDEX/IP.
+milvus-lite 3.x), AUTOINDEX/IP on a server; sparse SPARSE_INVERTED_INDEX/IP; ``doc_id`` INVERTED.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ METADATA_VARCHAR_MAX_LENGTH = 65535
 DENSE = C.DENSE
 SPARSE = C.SPARSE_FIELD
 HNSW_PARAMS = {"M": 16, "efConstruction": 200}
+# The key scheme is part of the contract with an existing collection: rows written under another
+# scheme would be duplicated, never replaced.
+KEY_SCHEME = "blake2b128(doc_id)#chunk"
+KEY_SCHEME_PROPERTY = "multilingual_embed.key_scheme"  # a collection property (kept by milvus-lite and servers)
+DESCRIPTION = "chunks embedded by multilingual-embed"
 SUPPORTED_METADATA = "string, integer (int8..int64, uint8..uint32), floating point, bool"
 
 
@@ -118,8 +124,7 @@ class CollectionSpec:
 
 def build_schema(spec: CollectionSpec) -> CollectionSchema:
     """The pymilvus schema of ``spec`` (no dynamic field)."""
-    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
-                                        description="chunks embedded by multilingual-embed")
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=DESCRIPTION)
     schema.add_field(C.PK, DataType.VARCHAR, is_primary=True, max_length=PK_MAX_LENGTH)
     schema.add_field(C.DOC_ID, DataType.VARCHAR, max_length=DOC_ID_MAX_LENGTH)
     schema.add_field(C.CHUNK_INDEX, DataType.INT32)
@@ -135,7 +140,7 @@ def build_schema(spec: CollectionSpec) -> CollectionSchema:
 
 
 def build_index_params(spec: CollectionSpec, *, lite: bool) -> IndexParams:
-    """Dense HNSW/IP (milvus-lite) or AUTOINDEX/IP (server); sparse SPARSE_INVERTED_INDEX/IP."""
+    """Dense HNSW/IP (milvus-lite) or AUTOINDEX/IP (server); sparse SPARSE_INVERTED_INDEX/IP; doc_id INVERTED."""
     params = MilvusClient.prepare_index_params()
     if lite:
         params.add_index(DENSE, index_name=DENSE, index_type="HNSW", metric_type="IP", params=dict(HNSW_PARAMS))
@@ -143,6 +148,8 @@ def build_index_params(spec: CollectionSpec, *, lite: bool) -> IndexParams:
         params.add_index(DENSE, index_name=DENSE, index_type="AUTOINDEX", metric_type="IP")
     if spec.has_sparse:
         params.add_index(SPARSE, index_name=SPARSE, index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
+    # Scalar index for filters and lookups by document id (the job itself deletes by primary key).
+    params.add_index(C.DOC_ID, index_name=C.DOC_ID, index_type="INVERTED")
     return params
 
 
@@ -154,6 +161,9 @@ def schema_differences(description: Mapping[str, Any], spec: CollectionSpec) -> 
     """How an existing collection (``describe_collection`` output) differs from ``spec``; empty when it fits."""
     fields = {f["name"]: f for f in description.get("fields", [])}
     diffs: list[str] = []
+    if (description.get("properties") or {}).get(KEY_SCHEME_PROPERTY) != KEY_SCHEME:
+        diffs.append(f"its primary keys were not written with this job's key scheme ({KEY_SCHEME}): its rows would "
+                     "be duplicated instead of replaced")
 
     def typ(name: str) -> DataType | None:
         return DataType(fields[name]["type"]) if name in fields else None
@@ -244,7 +254,7 @@ def ensure_collection(client: MilvusClient, spec: CollectionSpec, *, lite: bool 
         _ensure_indexes_and_load(client, spec, lite=lite)
         return False
     try:
-        client.create_collection(spec.name, schema=build_schema(spec))
+        client.create_collection(spec.name, schema=build_schema(spec), properties={KEY_SCHEME_PROPERTY: KEY_SCHEME})
     except Exception:
         if not client.has_collection(spec.name):  # not a race with another writer creating it
             raise

@@ -78,6 +78,12 @@ def s3_options(storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
             opts[name] = value
     if client_kwargs:
         opts["client_kwargs"] = client_kwargs
+    # Fail fast on an endpoint that does not answer: botocore's and s3fs's own retries multiply with the
+    # job's (cluster.source.retrying); the defaults took ~40 s to give up on a closed port.
+    config = dict(opts.get("config_kwargs") or {})
+    config.setdefault("connect_timeout", 5)
+    config.setdefault("retries", {"max_attempts": 2, "mode": "standard"})
+    opts["config_kwargs"] = config
     return opts
 
 

@@ -78,12 +78,14 @@ class BlockWriter:
             rows = block.filter(pa.array(err)).select([c.SHARD, c.ROW, c.DOC_ID, c.ERROR]).to_pylist()
             self.dead.add([{"shard": r[c.SHARD], "row": r[c.ROW], "doc_id": r[c.DOC_ID], "reason": r[c.ERROR]}
                            for r in rows])
+        deleted_before = self.deleted
         payload = ~err & pc.is_null(block.column(c.SHARD_END)).to_numpy(zero_copy_only=False)
         rows = block.filter(pa.array(payload)) if not payload.all() else block
         written = self._bulk(rows) if self.s.bulk else self._upsert(rows)
         for path, n in written.items():
             rec["shards"][path]["rows_written"] = n
-        rec.update(incarnation=self.incarnation, writer=self.index, deleted=self.deleted, at=time.time())
+        rec.update(incarnation=self.incarnation, writer=self.index, stale_deleted=self.deleted - deleted_before,
+                   at=time.time())
         return rec
 
     def _upsert(self, rows: pa.Table) -> dict[str, int]:

@@ -113,6 +113,7 @@ def test_s3_to_milvus_end_to_end(fmt: str, tmp_path: Path, s3_server: dict[str, 
 
     client = MilvusClient(str(tmp_path / "milvus.db"))
     try:
+        client.load_collection("docs")  # a freshly opened milvus-lite folder starts released
         assert client.query("docs", filter="", output_fields=["count(*)"])[0]["count(*)"] == chunks
         fields = {f["name"]: f for f in client.describe_collection("docs")["fields"]}
         assert fields["dense"]["params"]["dim"] == 256
@@ -149,6 +150,7 @@ def test_rerun_upserts_without_duplicates(tmp_path: Path, s3_server: dict[str, A
 
     client = MilvusClient(str(tmp_path / "milvus.db"))
     try:
+        client.load_collection("docs")
         assert client.query("docs", filter="", output_fields=["count(*)"])[0]["count(*)"] == len(rows)
     finally:
         client.close()
@@ -174,6 +176,7 @@ def test_sparse_model_writes_sparse_vectors(tmp_path: Path, tiny_m3_dir: Path, r
     try:
         fields = {f["name"] for f in client.describe_collection("m3")["fields"]}
         assert {"dense", "sparse"} <= fields
+        client.load_collection("m3")
         got = client.query("m3", filter="chunk_index >= 0", output_fields=["sparse"], limit=100)
         assert got and all(len(r["sparse"]) > 0 for r in got)
     finally:

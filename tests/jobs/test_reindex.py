@@ -42,8 +42,9 @@ def test_reindex_swap_rollback_retention(tmp_path: Path, tiny_m3_dir: Path, ray_
 
     code, first = reindex(cfg, "--collection", "docs_v1")
     assert code == 0 and first["collection"] == "docs_v1"
-    client = MilvusClient(str(db))
+    client = MilvusClient(str(db))  # shared by the next reindex in this process (one holder per folder)
     assert client.describe_alias("docs_live")["collection_name"] == "docs_v1"
+    client.load_collection("docs_v1")
     vector = client.query("docs_v1", filter="chunk_index == 0", output_fields=["dense"], limit=1)[0]["dense"]
 
     # Readers query the alias in a loop while a new collection (other chunking) is built and swapped in.

@@ -1,0 +1,136 @@
+"""SIGTERM and SIGINT end a run through its failure path; a second run on the same target is refused;
+progress lines come from a timer, also before the first block is written.
+
+One scenario, to keep the suite short: run 1 (a slow real model) logs progress before any chunk is
+embedded, refuses a concurrent run 2 by its lease, and is stopped by SIGTERM; run 3 is stopped by
+SIGINT; run 4 finishes what is left. No Ray or milvus-lite process outlives a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.conftest import (
+    base_config,
+    config_file,
+    job_env,
+    kill_group,
+    milvus_pks,
+    run_job,
+    start_job,
+    write_parquet_shards,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
+
+
+def wait_for(what: str, check, proc, log: Path, timeout: float = 240) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert proc.poll() is None, f"the job ended before {what}: {log.read_text(errors='replace')[-3000:]}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def stamp(line: str) -> datetime:
+    return datetime.strptime(STAMP.match(line).group(1), "%Y-%m-%d %H:%M:%S,%f")
+
+
+def survivors(marker: str) -> list[str]:
+    """Command lines of live processes that mention ``marker`` (a run's Ray temp dir or data folder)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd and "pytest" not in cmd:
+            found.append(f"{pid}: {cmd[:160]}")
+    return found
+
+
+def assert_no_survivors(*markers: str) -> None:
+    deadline = time.monotonic() + 20
+    while any(survivors(m) for m in markers) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [s for m in markers for s in survivors(m)]
+
+
+def stop_with(proc, sig: int, summary: Path, log: Path) -> dict:  # noqa: ANN001
+    proc.send_signal(sig)  # to the driver only, as Kubernetes or Ctrl-C in a terminal would
+    try:
+        code = proc.wait(timeout=90)
+    finally:
+        kill_group(proc)
+    name = signal.Signals(sig).name
+    text = log.read_text(errors="replace")
+    assert code == 128 + sig, text[-3000:]
+    assert f"{name} received" in text and "Traceback" not in text.split(f"{name} received")[1]
+    data = json.loads(summary.read_text())
+    assert data["failed"] is True and data["interrupted"] == name
+    return data
+
+
+def test_signals_lease_and_timer_progress(tmp_path: Path, small_corpus: list[dict[str, str]],
+                                          e5_model_dir: Path) -> None:
+    rows = [{**r, "id": f"{r['id']}~{k}"} for k in range(2) for r in small_corpus if r["kind"] != "handbook"]
+    src = write_parquet_shards(tmp_path / "docs", rows, 12)
+    sections = base_config(tmp_path, str(src), e5_model_dir, checkpoint={"record_every_s": 1})
+    cfg = config_file(tmp_path, sections)
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = job_env(RAY_TMPDIR=ray_tmp)
+    state = tmp_path / "state" / "checkpoints"
+    recorded = lambda: len(list(state.glob("*/shards/*.json")))  # noqa: E731
+    try:
+        # Run 1: progress from the timer before any chunk is embedded; the lease refuses run 2; SIGTERM.
+        log1, summary1 = tmp_path / "log-1.txt", tmp_path / "summary-1.json"
+        proc = start_job(cfg, summary1, log1, env)
+        wait_for("a progress line", lambda: "progress:" in log1.read_text(errors="replace"), proc, log1)
+        lines = log1.read_text(errors="replace").splitlines()
+        start = next(stamp(ln) for ln in lines if "embedding 12 shard(s)" in ln)
+        first = next(ln for ln in lines if "progress:" in ln)
+        assert (stamp(first) - start).total_seconds() <= 1 + 5, first
+        assert " 0 chunks embedded" in first  # the first batch is still being embedded
+
+        code, _, log2 = run_job(cfg, tmp_path, "second", env)
+        assert code == 2, log2[-2000:]
+        assert "another run holds" in log2 and f"pid {proc.pid}" in log2
+
+        wait_for("a recorded shard", lambda: recorded() >= 1, proc, log1)
+        data = stop_with(proc, signal.SIGTERM, summary1, log1)
+        assert 1 <= data["shards_done"] < 12
+        assert_no_survivors(ray_tmp, str(tmp_path / "milvus.db"))
+        assert not list((state / "leases").glob("*.json")), "the lease was not released"
+
+        # Run 3 resumes and is stopped by SIGINT (Ctrl-C) once it recorded a shard of its own.
+        before = recorded()
+        log3, summary3 = tmp_path / "log-3.txt", tmp_path / "summary-3.json"
+        proc = start_job(cfg, summary3, log3, env)
+        wait_for("another recorded shard", lambda: recorded() > before, proc, log3)
+        stop_with(proc, signal.SIGINT, summary3, log3)
+        assert_no_survivors(ray_tmp, str(tmp_path / "milvus.db"))
+
+        # Run 4 finishes: every document exactly once.
+        done_before = recorded()
+        assert done_before < 12
+        code, summary, log4 = run_job(cfg, tmp_path, "4", env)
+        assert code == 0, log4[-3000:]
+        assert summary["shards_skipped"] == done_before and summary["shards_done"] == 12 - done_before
+        pks = milvus_pks(tmp_path / "milvus.db")
+        assert len(pks) == len(set(pks)) == len(rows)
+        assert_no_survivors(ray_tmp)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
