@@ -70,7 +70,7 @@ def _wait_jobs(client: Any, group: dict[str, Any], cfg: JobConfig, save: Any) ->
             save(group)
     for job in group["jobs"]:
         try:
-            done = client.wait(job["job_id"], poll_s=5.0, timeout_s=cfg.milvus.import_timeout_s)
+            done = client.wait(job["job_id"], poll_s=cfg.milvus.import_poll_s, timeout_s=cfg.milvus.import_timeout_s)
         except BulkImportError as e:
             log.error("import job %s of group %s failed: %s; its shards are not recorded and will be embedded "
                       "again", job["job_id"], group["name"], e)
@@ -195,8 +195,9 @@ class ImportGroups:
                  sum(j["rows"] for j in jobs), len(keep), ", ".join(j["job_id"] for j in jobs))
         self.in_flight.append(group)
 
-    def poll(self, every_s: float = 5.0) -> None:
+    def poll(self, every_s: float | None = None) -> None:
         """Check the jobs in flight; a completed group's shards are recorded, its files deleted."""
+        every_s = self.cfg.milvus.import_poll_s if every_s is None else every_s
         if not self.in_flight or time.monotonic() - self.last_poll < every_s:
             return
         self.last_poll = time.monotonic()
@@ -236,9 +237,9 @@ class ImportGroups:
                 raise BulkImportError(f"{len(self.in_flight)} import group(s) did not finish in "
                                       f"{self.cfg.milvus.import_timeout_s:.0f} s; they are recorded: run again to "
                                       "wait for them")
-            self.poll(every_s=2.0)
+            self.poll()
             if self.in_flight:
-                time.sleep(1.0)
+                time.sleep(min(1.0, self.cfg.milvus.import_poll_s))
 
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:

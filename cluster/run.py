@@ -50,8 +50,8 @@ class Run:
                 p.client.close()
                 p.client = None
             if p.shards:
-                self._start()
                 timer = ProgressTimer(cfg.log_every_s, self._progress_line).start()
+                self._start()
                 self._stream()
                 self.pool.drain(tick=self._tick)
                 self._checkpoint()

@@ -104,6 +104,7 @@ class MilvusConfig:
     import_file_mb: int = doc("bulk_import: size at which a writer starts a new import file (Milvus takes files "
                               "up to 16 GB, at most 1024 per import job).", 1024)
     import_timeout_s: float = doc("bulk_import: longest wait for one import job.", 6 * 3600.0)
+    import_poll_s: float = doc("bulk_import: seconds between checks of the import jobs in flight.", 10.0)
 
     def __post_init__(self) -> None:
         choice("milvus.mode", self.mode, ("upsert", "bulk_import"))

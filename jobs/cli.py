@@ -143,13 +143,13 @@ def execute(cfg: JobConfig, logger: logging.Logger, summary_path: Path | None, *
     summary: dict[str, object] | None = None
     ray_started = False
     try:
-        the_plan = plan_or_exit_code(cfg, logger, check)
-        if isinstance(the_plan, int):
-            return the_plan
         problem = check_cluster_paths(cfg)
         if problem:
             logger.error("cannot start: %s", problem)
             return EXIT_INVALID
+        the_plan = plan_or_exit_code(cfg, logger, check)
+        if isinstance(the_plan, int):
+            return the_plan
         ray_started = init_ray(cfg)
         signals.install()  # Ray's start-up may have installed handlers of its own
         summary = driver.run(cfg, the_plan)

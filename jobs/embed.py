@@ -103,7 +103,7 @@ def init_ray(cfg: JobConfig) -> bool:
             ray.init(runtime_env={"env_vars": {"PYTHONPATH": path, **env}}, include_dashboard=False)
             return True
         except Exception as e:  # Ray raises a bare Exception for a start-up timeout
-            if attempt == 2 or "timed out during startup" not in str(e):
+            if attempt == 2 or "timed out" not in str(e).lower():
                 raise
             log.warning("the local Ray did not start in time (%s); trying once more", e)
             ray.shutdown()
