@@ -136,7 +136,7 @@ def _plan_shards(cfg: JobConfig, the_plan: Plan, store: Store | None, *, created
     shards = the_plan.shards
     the_plan.replaces_rows = not created
     if store is None:
-        _refuse_foreign_rows(cfg, the_plan, created, recorded=False)
+        _refuse_foreign_rows(cfg, the_plan, created, expected=0)
         return
     manifest = Manifest(store, job_identity(cfg))
     the_plan.manifest = manifest
@@ -148,7 +148,8 @@ def _plan_shards(cfg: JobConfig, the_plan: Plan, store: Store | None, *, created
 
         the_plan.resumed_imports = resume_imports(cfg, manifest, the_plan)
     records = manifest.records()
-    _refuse_foreign_rows(cfg, the_plan, created, recorded=any(manifest.done(r) for r in records.values()))
+    _refuse_foreign_rows(cfg, the_plan, created,
+                         expected=sum(int(r.get("chunks") or 0) for r in records.values() if manifest.done(r)))
     garbage = manifest.collect_garbage(records)
     if garbage:
         log.info("removed %d id file(s) left by runs that stopped before recording", garbage)
@@ -169,14 +170,14 @@ def _plan_shards(cfg: JobConfig, the_plan: Plan, store: Store | None, *, created
     the_plan.kept = [s.path for s in shards if s.path not in todo_paths]
 
 
-def _refuse_foreign_rows(cfg: JobConfig, the_plan: Plan, created: bool, *, recorded: bool) -> None:
-    """bulk_import inserts: only into a new collection, or one this job identity filled (a resume)."""
-    if cfg.milvus.mode != "bulk_import" or created or recorded or the_plan.resumed_imports:
+def _refuse_foreign_rows(cfg: JobConfig, the_plan: Plan, created: bool, *, expected: int) -> None:
+    """bulk_import inserts: only into a new collection, or one holding exactly the rows this job recorded."""
+    if cfg.milvus.mode != "bulk_import" or created:
         return
     rows = int(the_plan.client.query(the_plan.spec.name, filter="", output_fields=["count(*)"])[0]["count(*)"])
-    if rows:
-        raise ValueError(f"milvus.mode bulk_import inserts rows, and collection {the_plan.spec.name!r} already "
-                         f"holds {rows} that this job's manifest does not account for: import into a new collection "
+    if rows != expected:
+        raise ValueError(f"milvus.mode bulk_import inserts rows, and collection {the_plan.spec.name!r} holds {rows} "
+                         f"while this job's manifest accounts for {expected}: import into a new collection "
                          "(jobs.reindex) or use milvus.mode upsert")
 
 
