@@ -81,7 +81,8 @@ class ClusterConfig:
 class MilvusConfig:
     """Where vectors are written."""
 
-    uri: str = doc("A local path (milvus-lite, embedded) or http(s)://host:port of a Milvus server.", "./milvus.db")
+    uri: str = doc("A local path ending in .db (milvus-lite: the run starts its own milvus-lite server on that "
+                   "folder) or http(s)://host:port of a Milvus server.", "./milvus.db")
     collection: str = doc("Collection the job writes to (created when missing).", "documents")
     alias: str | None = doc("Alias that readers query (jobs.search uses it when set); jobs.reindex builds a new "
                             "collection and points this alias at it.")
@@ -136,10 +137,11 @@ class MilvusConfig:
 class CheckpointConfig:
     """The per-shard manifest that makes runs resumable and incremental."""
 
-    uri: str | None = doc("Folder or s3://bucket/prefix of the manifest. A shard is recorded only after its rows "
-                          "are flushed to Milvus; a re-run skips recorded shards whose size and etag/mtime are "
-                          "unchanged. Empty = no manifest (re-runs redo everything; upserts keep rows unique).",
-                          "./embed-state/checkpoints")
+    uri: str | None = doc("Folder or s3://bucket/prefix of the manifest, the shards' id files and the lease. A "
+                          "shard is recorded only after its rows are written; a re-run skips recorded shards whose "
+                          "size and etag/mtime are unchanged. On a Ray cluster use s3:// (read tasks on every node "
+                          "write here). Empty = no manifest, no lease, no cross-shard duplicate count (re-runs "
+                          "redo everything; upserts keep rows unique).", "./embed-state/checkpoints")
     storage_options: dict[str, object] = doc("s3fs options for an s3:// manifest (default: source.storage_options).",
                                              default_factory=dict, secret=True)
     record_every_s: float = doc("Seconds between manifest updates (finished shards are recorded in groups).", 5.0)

@@ -31,8 +31,9 @@ from cluster import contract as c
 log = logging.getLogger(__name__)
 
 SCHEMA = pa.schema([(c.DOC_ID, pa.string()), (c.N_CHUNKS, pa.int32())])
-BATCH_ROWS = 65_536
+BATCH_ROWS = 8_192  # ids read from one file at a time: a merge holds about FAN_IN x BATCH_ROWS ids
 FAN_IN = 64
+FILE_ROW_GROUP = BATCH_ROWS  # a reader decodes a whole row group: keep them batch-sized
 
 
 def shard_ids(doc_ids: pa.Array, n_chunks: np.ndarray) -> tuple[pa.Table, int]:
@@ -53,7 +54,7 @@ def shard_ids(doc_ids: pa.Array, n_chunks: np.ndarray) -> tuple[pa.Table, int]:
 def write_table(fs: Any, path: str, table: pa.Table) -> None:
     """Write an id table as one parquet object (written whole: a kill never leaves half a file visible)."""
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd", row_group_size=BATCH_ROWS)
+    pq.write_table(table, sink, compression="zstd", row_group_size=FILE_ROW_GROUP)
     data = sink.getvalue().to_pybytes()
     parent = path.rsplit("/", 1)[0]
     fs.makedirs(parent, exist_ok=True)
