@@ -109,13 +109,14 @@ def encoder_in_process(chunks: list[np.ndarray], threads: int) -> tuple[float, s
     return time.perf_counter() - t, enc.model.attention.implementation
 
 
-def run_job(docs: list[dict[str, str]], shards: int, tmp: Path, overrides: list[str]) -> tuple[dict[str, Any], float]:
+def prepare_job(docs: list[dict[str, str]], shards: int, tmp: Path, overrides: list[str]) -> list[str]:
+    """Write the corpus as parquet shards and the job's config under ``tmp``; return the job's command line."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import yaml
 
     src = tmp / "corpus"
-    src.mkdir()
+    src.mkdir(parents=True)
     for k in range(shards):
         pq.write_table(pa.Table.from_pylist(docs[k::shards]), src / f"part-{k:05d}.parquet")
     cfg = {"source": {"uri": str(src), "metadata_columns": ["lang"], "lang_column": "lang"},
@@ -126,17 +127,23 @@ def run_job(docs: list[dict[str, str]], shards: int, tmp: Path, overrides: list[
            "checkpoint": {"uri": str(tmp / "state" / "checkpoints")},
            "errors": {"uri": str(tmp / "state" / "errors")}}
     (tmp / "job.yaml").write_text(yaml.safe_dump(cfg))
-    summary = tmp / "summary.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "jobs.embed", "--config", str(tmp / "job.yaml"), "--summary", str(summary)]
+    cmd = [sys.executable, "-m", "jobs.embed", "--config", str(tmp / "job.yaml"),
+           "--summary", str(tmp / "summary.json")]
     for o in overrides:
         cmd += ["--set", o]
+    return cmd
+
+
+def run_job(cmd: list[str], tmp: Path) -> tuple[dict[str, Any], float]:
+    """Run the job as its own process (it starts a local Ray and a milvus-lite server); summary and wall time."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
                           start_new_session=True)
     wall = time.perf_counter() - t
     (tmp / "job.log").write_text(proc.stdout + proc.stderr)
+    summary = tmp / "summary.json"
     if proc.returncode not in (0, 3) or not summary.exists():
         raise RuntimeError(f"the job failed (exit {proc.returncode}); log tail:\n{(proc.stdout + proc.stderr)[-4000:]}")
     return json.loads(summary.read_text()), wall
@@ -150,7 +157,12 @@ def main() -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra job config override (repeatable)")
     p.add_argument("--keep", type=Path, help="copy the job's log and summary here")
+    p.add_argument("--prepare", type=Path, metavar="DIR", help="only write the corpus and config into DIR and print "
+                   "the job's command (to run or profile it alone)")
     args = p.parse_args()
+    if args.prepare:
+        print(" ".join(prepare_job(short_documents(args.docs), args.shards, args.prepare, args.overrides)))
+        return 0
 
     from embedder.models.info import load_model_info
     from embedder.settings import ChunkingConfig, ModelConfig
@@ -184,7 +196,7 @@ def main() -> int:
     summary: dict[str, Any] = {}
     if not args.no_job:
         with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as tmp:
-            summary, wall = run_job(docs, args.shards, Path(tmp), args.overrides)
+            summary, wall = run_job(prepare_job(docs, args.shards, Path(tmp), args.overrides), Path(tmp))
             if args.keep:
                 args.keep.mkdir(parents=True, exist_ok=True)
                 for name in ("job.log", "summary.json", "job.yaml"):
