@@ -16,7 +16,11 @@ tracker, records of 512-chunk blocks, manifest records) for the same shards hold
 10M documents, each in a fresh process; and the id pass (duplicates over the per-shard id files)
 for 10M ids, whose memory is bounded by its batches.
 
-Usage: python benchmarks/sink.py [--rows 20000] [--parts 1,2,3] [--small 6000]
+Part 4, the same whole job with the model replaced by precomputed random vectors, so that it runs
+at the write path's speed: the driver's marginal CPU per row when rows arrive fast (part 2 runs
+at the tiny model's speed on 2 cores, so per-second costs such as Ray Data's polling weigh in).
+
+Usage: python benchmarks/sink.py [--rows 20000] [--parts 1,2,3,4] [--small 6000] [--block-rows 512,2048]
 """
 
 from __future__ import annotations
@@ -134,7 +138,7 @@ def part1(total_rows: int, block_rows: int = 500) -> list[dict[str, object]]:
 
 
 # ---- part 2 ---------------------------------------------------------------------------------------
-def job_run(docs: int, model: Path, work: Path) -> dict[str, object]:
+def job_run(docs: int, model: Path, work: Path, rows_per_task: int = 512) -> dict[str, object]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -145,30 +149,131 @@ def job_run(docs: int, model: Path, work: Path) -> dict[str, object]:
         ids = [f"d{k}-{i}" for i in range(per)]
         pq.write_table(pa.table({"id": ids, "text": [f"Short document {d} about routers and coffee." for d in ids]}),
                        src / f"part-{k}.parquet")
+    tag = f"{docs}-{rows_per_task}"
     cfg = {"source": {"uri": str(src)}, "model": {"name": str(model), "precision": "fp32"},
-           "batch": {"max_tokens": 4096}, "chunking": {"overlap": 4}, "cluster": {"rows_per_task": 512},
-           "milvus": {"uri": str(work / f"m-{docs}.db"), "collection": "docs"},
-           "checkpoint": {"uri": str(work / f"state-{docs}")}, "errors": {"uri": None}, "log_every_s": 30}
-    path = work / f"job-{docs}.json"
+           "batch": {"max_tokens": 4096}, "chunking": {"overlap": 4}, "cluster": {"rows_per_task": rows_per_task},
+           "milvus": {"uri": str(work / f"m-{tag}.db"), "collection": "docs"},
+           "checkpoint": {"uri": str(work / f"state-{tag}")}, "errors": {"uri": None}, "log_every_s": 30}
+    path = work / f"job-{tag}.json"
     path.write_text(json.dumps(cfg))
-    summary = work / f"summary-{docs}.json"
+    summary = work / f"summary-{tag}.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     subprocess.run([sys.executable, "-m", "jobs.embed", "--config", str(path), "--summary", str(summary)],
                    cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads(summary.read_text())
 
 
-def part2(small: int) -> dict[str, object]:
+def part2(small: int, block_rows: list[int]) -> dict[str, object]:
+    """The driver's marginal CPU per row between a small and a 4x larger job, per embed block size."""
     from tests.tiny_model import build_tiny_m3
 
     work = Path(tempfile.mkdtemp(prefix="sink-job-"))
     model = build_tiny_m3(work / "tiny-m3")
-    a, b = job_run(small, model, work), job_run(small * 4, model, work)
-    marginal = (b["driver_cpu_s"] - a["driver_cpu_s"]) / (b["rows_written"] - a["rows_written"])
-    out = {"small": {k: a[k] for k in ("rows_written", "driver_cpu_s", "driver_peak_rss_mb", "elapsed_s")},
-           "large": {k: b[k] for k in ("rows_written", "driver_cpu_s", "driver_peak_rss_mb", "elapsed_s")},
-           "driver_marginal_us_per_row": round(1e6 * marginal, 1)}
-    print(json.dumps(out), flush=True)
+    out: dict[str, object] = {}
+    for rows_per_task in block_rows:
+        a, b = job_run(small, model, work, rows_per_task), job_run(small * 4, model, work, rows_per_task)
+        marginal = (b["driver_cpu_s"] - a["driver_cpu_s"]) / (b["rows_written"] - a["rows_written"])
+        keys = ("rows_written", "driver_cpu_s", "driver_peak_rss_mb", "elapsed_s")
+        out[f"rows_per_task={rows_per_task}"] = {"small": {k: a[k] for k in keys}, "large": {k: b[k] for k in keys},
+                                                 "driver_marginal_us_per_row": round(1e6 * marginal, 1)}
+        print(json.dumps({rows_per_task: out[f"rows_per_task={rows_per_task}"]}), flush=True)
+    return out
+
+
+# ---- part 4 ---------------------------------------------------------------------------------------
+class PrecomputedEmbed:
+    """Stands in for the model in part 4 only: the embed stage's output columns with random unit vectors,
+    so that the whole job (read, Ray Data, writers, driver) runs at the write path's speed."""
+
+    def __init__(self, model, batch, chunking, inject_exit=None) -> None:  # noqa: ANN001 - EmbedStage's signature
+        from embedder.models.info import load_model_info
+
+        info = load_model_info(model)
+        self.dim, self.sparse = model.dense_dim or info.dim, info.has_sparse_head and model.sparse is not False
+
+    @staticmethod
+    def placement(cluster):  # noqa: ANN001, ANN205
+        from cluster.stages.embed import EmbedStage
+
+        return EmbedStage.placement(cluster)
+
+    def __call__(self, table):  # noqa: ANN001, ANN204
+        import numpy as np
+        import pyarrow as pa
+
+        from cluster import contract as c
+        from cluster.stages.arrow import fixed_list, is_payload, list_array
+
+        n, ok = table.num_rows, is_payload(table)
+        rng = np.random.default_rng(n)
+        dense = rng.standard_normal((n, self.dim)).astype(np.float32)
+        dense /= np.linalg.norm(dense, axis=1, keepdims=True)
+        out = table.drop_columns([c.INPUT_IDS])
+        out = out.append_column(c.DENSE, fixed_list(dense, ok))
+        out = out.append_column(c.PADDED_LEN, table.column(c.N_TOKENS).cast(pa.int32()))
+        out = out.append_column(c.FP32_RERUNS, pa.array(np.zeros(n, np.int32)))
+        if self.sparse:
+            nnz = np.where(ok, 100, 0)
+            offsets = np.concatenate([[0], np.cumsum(nnz)])
+            idx = np.sort(rng.integers(5, 250_000, size=(n, 100)), axis=1)[ok].reshape(-1).astype(np.int32)
+            out = out.append_column(c.SPARSE_INDICES, list_array(offsets, idx, ok))
+            out = out.append_column(c.SPARSE_VALUES, list_array(offsets, rng.random(len(idx), dtype=np.float32), ok))
+        return out
+
+
+PRECOMPUTED_JOB = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import cluster.pipeline
+from benchmarks.sink import PrecomputedEmbed
+cluster.pipeline.EmbedStage = PrecomputedEmbed
+from jobs.embed import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def part4(sizes: tuple[int, int], block_rows: list[int]) -> dict[str, object]:
+    """The whole job with the model replaced by precomputed vectors: the driver's CPU per row at the write
+    path's speed (its time-based costs, polling, are then small per row)."""
+    from tests.tiny_model import build_tiny_m3
+
+    work = Path(tempfile.mkdtemp(prefix="sink-pre-"))
+    model = build_tiny_m3(work / "tiny-m3")
+    return {f"rows_per_task={n}": _part4_runs(work, model, sizes, n) for n in block_rows}
+
+
+def _part4_runs(work: Path, model: Path, sizes: tuple[int, int], rows_per_task: int) -> dict[str, object]:
+    runs = []
+    for docs in sizes:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        src = work / f"docs-{docs}"
+        if not src.exists():
+            src.mkdir()
+            for k in range(8):
+                ids = [f"d{k}-{i}" for i in range(docs // 8)]
+                pq.write_table(pa.table({"id": ids, "text": [f"Short document {d} about routers." for d in ids]}),
+                               src / f"part-{k}.parquet")
+        docs = f"{docs}-{rows_per_task}"
+        cfg = {"source": {"uri": str(src), "read_batch_rows": max(1024, rows_per_task)},
+               "model": {"name": str(model), "precision": "fp32"},
+               "cluster": {"rows_per_task": rows_per_task, "writers": 2},
+               "milvus": {"uri": str(work / f"m-{docs}.db"), "collection": "docs"},
+               "checkpoint": {"uri": str(work / f"state-{docs}")}, "errors": {"uri": None}, "log_every_s": 30}
+        (work / f"job-{docs}.json").write_text(json.dumps(cfg))
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+        subprocess.run([sys.executable, "-c", PRECOMPUTED_JOB, str(ROOT), "--config", str(work / f"job-{docs}.json"),
+                        "--summary", str(work / f"summary-{docs}.json")], cwd=ROOT, env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        runs.append(json.loads((work / f"summary-{docs}.json").read_text()))
+    a, b = runs
+    keys = ("rows_written", "driver_cpu_s", "driver_peak_rss_mb", "elapsed_s", "startup_s")
+    out = {"small": {k: a[k] for k in keys}, "large": {k: b[k] for k in keys},
+           "rows_per_s_large": round(b["rows_written"] / (b["elapsed_s"] - b["startup_s"])),
+           "driver_marginal_us_per_row": round(1e6 * (b["driver_cpu_s"] - a["driver_cpu_s"])
+                                               / (b["rows_written"] - a["rows_written"]), 1)}
+    print(json.dumps({rows_per_task: out}), flush=True)
     return out
 
 
@@ -267,7 +372,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=20_000, help="rows per configuration in part 1")
     p.add_argument("--small", type=int, default=6_000, help="documents of the small job in part 2 (large: 4x)")
-    p.add_argument("--parts", default="1,2,3")
+    p.add_argument("--parts", default="1,2,3,4")
+    p.add_argument("--block-rows", default="512,4096", help="parts 2 and 4: cluster.rows_per_task values")
     p.add_argument("--json", type=Path, help="write all figures here")
     args = p.parse_args()
     parts = {int(x) for x in args.parts.split(",")}
@@ -275,9 +381,11 @@ def main() -> None:
     if 1 in parts:
         out["write_path"] = part1(args.rows)
     if 2 in parts:
-        out["job_driver_cpu"] = part2(args.small)
+        out["job_driver_cpu"] = part2(args.small, [int(x) for x in args.block_rows.split(",")])
     if 3 in parts:
         out["driver_memory"] = part3()
+    if 4 in parts:
+        out["job_precomputed"] = part4((args.small, args.small * 4), [int(x) for x in args.block_rows.split(",")])
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
 
