@@ -95,7 +95,7 @@ def part1(total_rows: int, block_rows: int = 500) -> list[dict[str, object]]:
         maker = ray.remote(make_block).options(num_cpus=1)
         n_blocks = total_rows // block_rows
         for name, writers in (("driver-writer", 0), ("1 writer", 1), ("2 writers", 2), ("4 writers", 4)):
-            collection = name.replace(" ", "_").replace("-", "_")
+            collection = "c_" + name.replace(" ", "_").replace("-", "_")
             milvus = MilvusConfig(uri=lite.uri, collection=collection, store_text=True)
             spec = CollectionSpec.from_config(milvus, dense_dim=1024, has_sparse=True)
             client = connect(milvus)
