@@ -120,16 +120,7 @@ class WriterPool:
 
     def checkpoint(self, timeout_s: float = 600.0) -> dict[str, Any]:
         """Have every writer write its dead letters (after its queued writes), then confirm its records."""
-        import ray
-
-        refs = [s.actor.checkpoint.remote() for s in self.slots]
-        results: list[dict[str, Any] | None] = []
-        for slot, ref in zip(self.slots, refs):
-            try:
-                results.append(ray.get(ref, timeout=timeout_s))
-            except ray.exceptions.RayActorError:
-                results.append(None)
-                self._lose(slot)
+        results = self.call_all("checkpoint", timeout_s=timeout_s)
         self.collect(timeout=0)  # writes that finished before their checkpoint ran
         files: list[str] = []
         for slot, res in zip(self.slots, results):
