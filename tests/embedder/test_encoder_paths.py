@@ -279,3 +279,18 @@ def test_half_precision_on_cuda_without_flash_attn_falls_back_to_padded(tiny_pad
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cpu_varlen_probe_passes(dtype: torch.dtype) -> None:
     assert probe_varlen("cpu", dtype) == ""
+
+
+def test_cpu_varlen_attention_equals_sdpa_per_sequence() -> None:
+    """Many sequences in no particular order (several groups, equal and mixed lengths) against SDPA one by one."""
+    from embedder.attention import GROUP, varlen_attention
+
+    lengths = np.random.default_rng(5).integers(1, 40, size=3 * GROUP + 5).tolist() + [7] * GROUP
+    cu = torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int32)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 3, int(cu[-1]), 8, generator=g) for _ in range(3))
+    out = varlen_attention(None, q, k, v, None, scaling=0.3, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                           max_length_q=max(lengths), max_length_k=max(lengths))[0][0]
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        ref = torch.nn.functional.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], scale=0.3)
+        torch.testing.assert_close(out[a:b], ref[0].transpose(0, 1), atol=1e-5, rtol=1e-5)
