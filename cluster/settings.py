@@ -94,6 +94,8 @@ class MilvusConfig:
     mode: Literal["upsert", "bulk_import"] = doc("upsert (rows over the API) or bulk_import (parquet files "
                                                  "imported by a Milvus server).", "upsert")
     write_batch_rows: int = doc("Most rows in one upsert request (requests also stay under 64 MB).", 1000)
+    write_attempts: int = doc("Tries of a Milvus request that fails for a passing reason (server down, overloaded), "
+                              "with backoff from 0.5 s doubling to 8 s: the default 6 rides out ~15 s of outage.", 6)
     max_request_bytes: int = doc("Size limit of one upsert request.", 48 * 1024 * 1024)
     bulk_uri: str | None = doc("bulk_import: s3://bucket/prefix the Milvus server can read for import files.")
     bulk_storage_options: dict[str, object] = doc("bulk_import: s3 options (endpoint_url, key, secret) for bulk_uri.",
@@ -122,6 +124,8 @@ class MilvusConfig:
                              "use mode: upsert with a local path")
         if self.mode == "bulk_import" and not self.bulk_uri:
             raise ValueError("milvus.mode bulk_import needs milvus.bulk_uri (s3://bucket/prefix the server can read)")
+        if self.write_attempts < 1:
+            raise ValueError("milvus.write_attempts must be >= 1")
         if self.import_group_shards < 1:
             raise ValueError("milvus.import_group_shards must be >= 1")
         if not 1 <= self.import_file_mb <= 16 * 1024:

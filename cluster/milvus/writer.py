@@ -75,7 +75,7 @@ class MilvusWriter:
         client: An open client.
         spec: The collection (already created / checked by ``ensure_collection``).
         cfg: ``milvus`` settings: write_batch_rows and max_request_bytes bound each request.
-        attempts: Tries per request (and per flush) when the failure is transient.
+        attempts: Tries per request when the failure is transient (default ``cfg.write_attempts``).
         initial_delay: Seconds before the first retry; doubled each retry ...
         max_delay: ... up to this. The defaults (6 tries, 0.5 s doubling to 8 s) wait ~15 s in
             all, plus the time the failed requests took.
@@ -83,9 +83,10 @@ class MilvusWriter:
         sleep: Sleep function (tests pass a fake).
     """
 
-    def __init__(self, client: MilvusClient, spec: CollectionSpec, cfg: MilvusConfig, *, attempts: int = 6,
+    def __init__(self, client: MilvusClient, spec: CollectionSpec, cfg: MilvusConfig, *, attempts: int | None = None,
                  initial_delay: float = 0.5, max_delay: float = 8.0, request_timeout: float = 60.0,
                  sleep: Callable[[float], None] = time.sleep) -> None:
+        attempts = cfg.write_attempts if attempts is None else attempts
         if attempts < 1:
             raise ValueError("attempts must be >= 1")
         self.client, self.spec, self.cfg = client, spec, cfg

@@ -47,10 +47,9 @@ def rows_in(client: MilvusClient) -> list[dict[str, object]]:
     return out
 
 
-@pytest.mark.parametrize("honour_key", [True, False], ids=["idempotency-key", "job-list"])
 def test_bulk_resume_imports_nothing_twice(
-        tmp_path: Path, tiny_m3_dir: Path, lite: LiteServer, s3_server: dict[str, object], s3_bucket: str,
-        honour_key: bool) -> None:
+        tmp_path: Path, tiny_m3_dir: Path, lite: LiteServer, s3_server: dict[str, object], s3_bucket: str) -> None:
+    honour_key = True  # servers that ignore the key: tests/cluster/milvus/test_imports.py (find_job)
     src = tmp_path / "docs"
     src.mkdir()
     ids = []
@@ -86,7 +85,8 @@ def test_bulk_resume_imports_nothing_twice(
                 time.sleep(0.2)
         finally:
             kill_group(proc)  # SIGKILL: the driver, its writers and its local Ray
-        assert len(server.jobs) < 8, "the kill came too late to test a resume"
+        completed = sum(j.state == "Completed" for j in list(server.jobs.values()))
+        assert completed < 8, "the kill came too late to test a resume"
         first_jobs = dict(server.jobs)
 
         code, summary, text = run_job(cfg, tmp_path, "resume")

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.reliability.conftest import base_config, config_file, run_job, write_parquet_shards
 from tests.reliability.test_faults import corpus
@@ -74,6 +75,9 @@ def test_writes_retry_through_a_short_outage(tmp_path: Path, setup: tuple[list[d
 def test_a_permanent_outage_fails_clearly_and_the_rerun_resumes(
         tmp_path: Path, setup: tuple[list[dict[str, str]], LiteServer, Path]) -> None:
     rows, server, cfg = setup
+    sections = yaml.safe_load(cfg.read_text())
+    sections["milvus"]["write_attempts"] = 3  # give up sooner: this test is about what happens then
+    cfg.write_text(yaml.safe_dump(sections))
     outage = outage_after_first_shard(tmp_path, server, down_s=None)
     code, summary, log = run_job(cfg, tmp_path, "down")
     outage.join(timeout=60)

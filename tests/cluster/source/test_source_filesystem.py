@@ -27,10 +27,13 @@ def test_local_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_s3_options_mapping() -> None:
     opts = s3_options({"endpoint_url": "http://h:1", "aws_access_key_id": "AK", "aws_secret_access_key": "SK",
                        "aws_session_token": "T", "anon": False, "client_kwargs": {"verify": False}})
+    fail_fast = {"connect_timeout": 5, "retries": {"max_attempts": 2, "mode": "standard"}}
     assert opts == {"client_kwargs": {"verify": False, "endpoint_url": "http://h:1"},
-                    "key": "AK", "secret": "SK", "token": "T", "anon": False}
-    assert s3_options({"key": "k", "secret": "s"}) == {"key": "k", "secret": "s"}
-    assert s3_options(None) == {}
+                    "key": "AK", "secret": "SK", "token": "T", "anon": False, "config_kwargs": fail_fast}
+    assert s3_options({"key": "k", "secret": "s"}) == {"key": "k", "secret": "s", "config_kwargs": fail_fast}
+    assert s3_options(None) == {"config_kwargs": fail_fast}
+    mine = {"connect_timeout": 30, "retries": {"max_attempts": 10}}  # the user's own settings win
+    assert s3_options({"config_kwargs": mine})["config_kwargs"] == mine
 
 
 def test_redact_masks_credentials_at_any_depth() -> None:
