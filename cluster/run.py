@@ -13,6 +13,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from cluster import contract as c
 from cluster.driver import IncompleteRun, LeaseLost, Plan, RejectedInput, check_error_ratio
 from cluster.progress import ProgressTimer, RunTracker
 from cluster.stages.read import IdsSink, shard_items
@@ -132,12 +133,12 @@ class Run:
         self.finished.extend(done)
         for sample in rec["reject_samples"]:
             if self.tracker.rejects <= 20:
-                log.warning("rejected: shard=%s row=%s doc_id=%s: %s", sample["_shard"], sample["_row"],
-                            sample["doc_id"], sample["error"])
+                log.warning("rejected: shard=%s row=%s doc_id=%s: %s", sample[c.SHARD], sample[c.ROW],
+                            sample[c.DOC_ID], sample[c.ERROR])
         if rec["rejects"] and self.cfg.errors.on_error == "fail":
             s = rec["reject_samples"][0]
-            raise RejectedInput(f"rejected input with errors.on_error=fail: shard={s['_shard']} row={s['_row']} "
-                                f"doc_id={s['doc_id']}: {s['error']}")
+            raise RejectedInput(f"rejected input with errors.on_error=fail: shard={s[c.SHARD]} row={s[c.ROW]} "
+                                f"doc_id={s[c.DOC_ID]}: {s[c.ERROR]}")
 
     def _checkpoint(self) -> None:
         """Writers write their dead letters and confirm their records; then finished shards are recorded."""
