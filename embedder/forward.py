@@ -223,12 +223,13 @@ class ModelRunner:
             bound = min(bound, out.sparse.indices.numel())
             counts, indices, values = (host(out.sparse.counts), host(out.sparse.indices[:bound]),
                                        host(out.sparse.values[:bound]))
+        dense, bad = host(out.dense), host(out.bad)
         event = None
-        if self.cuda:
+        if self.cuda:  # recorded after every copy above: passing it means all of them landed
             event = torch.cuda.Event()
             event.record()
-        return InFlight(rows=rows, batch=batch, dense=host(out.dense), bad=host(out.bad), counts=counts,
-                        indices=indices, values=values, event=event, widths=widths)
+        return InFlight(rows=rows, batch=batch, dense=dense, bad=bad, counts=counts, indices=indices, values=values,
+                        event=event, widths=widths)
 
     @staticmethod
     def _host_result(f: InFlight) -> BatchResult:
