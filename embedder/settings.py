@@ -45,8 +45,9 @@ class ModelConfig:
     device: Literal["auto", "cpu", "cuda"] = doc("Where the forward pass runs; auto = CUDA when visible.", "auto")
     attention: Literal["auto", "padded", "unpadded"] = doc(
         "auto: packed batches without padding where this process can run them (flash-attn, or torch's varlen "
-        "flash kernel, on CUDA in fp16/bf16; sequence-by-sequence SDPA on CPU), else padded SDPA. padded: always "
-        "pad. unpadded: pack, and fail at start-up where that is not available.", "auto")
+        "flash kernel, on CUDA in fp16/bf16; on CPU only the attention product is padded, per group of "
+        "similar-length sequences), else padded SDPA. padded: always pad. unpadded: pack, and fail at start-up "
+        "where that is not available.", "auto")
     cpu_threads: int | None = doc("Torch threads of an embed actor whose forward pass runs on CPU. Empty = every "
                                   "core the actor's process may use (Ray's OMP_NUM_THREADS, i.e. "
                                   "cluster.cpus_per_worker, is not used: run one embed actor per CPU node).")
