@@ -66,16 +66,15 @@ def download_s3_model(uri: str, cache_dir: Path, storage_options: dict[str, obje
     return target
 
 
-def _s3(uri: str, storage_options: dict[str, object]):  # noqa: ANN202 - s3fs is optional
+def _s3(uri: str, storage_options: dict[str, object]):  # noqa: ANN202 - (fsspec filesystem, root)
+    """The filesystem of an ``s3://`` model: the job's one translation of s3fs-style options into a client."""
     try:
-        import s3fs
-    except ImportError as e:
-        raise ImportError("an s3:// model needs s3fs: pip install 's3fs[boto3]'") from e
-    opts = dict(storage_options)
-    endpoint = opts.pop("endpoint_url", None)
-    if endpoint:
-        opts.setdefault("client_kwargs", {})["endpoint_url"] = endpoint  # type: ignore[index]
-    return s3fs.S3FileSystem(**opts), uri.removeprefix("s3://").rstrip("/")
+        from cluster.source.filesystem import filesystem
+    except ImportError as e:  # embedder used without the cluster package (the GPU benchmark machine)
+        raise ImportError("an s3:// model needs the project's cluster package and s3fs: "
+                          "pip install 's3fs[boto3]'") from e
+    fs, root = filesystem(uri, storage_options)
+    return fs, root.rstrip("/")
 
 
 def check_model_folder(path: Path, name: str) -> None:
