@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -67,6 +69,29 @@ def run_job(cfg: Path, tmp_path: Path, tag: str, env: dict[str, str] | None = No
         kill_group(proc)
     data = json.loads(summary.read_text()) if summary.exists() else {}
     return code, data, log.read_text(errors="replace")
+
+
+def run_in_ray(cfg: Path, tmp_path: Path, tag: str) -> tuple[int, dict[str, Any], str]:
+    """``jobs.embed`` called in this process, on the session's shared local Ray (the ``ray_local``
+    fixture): what :func:`run_job` returns, without a Ray start-up per run. For faults that need no
+    process of their own (signals, SIGKILL and Ray's own logs do)."""
+    from jobs.embed import main
+
+    summary = tmp_path / f"summary-{tag}.json"
+    text = io.StringIO()
+    handler = logging.StreamHandler(text)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        code = main(["--config", str(cfg), "--summary", str(summary)])
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    data = json.loads(summary.read_text()) if summary.exists() else {}
+    return code, data, text.getvalue()
 
 
 def kill_group(proc: subprocess.Popen[bytes], sig: int = 9) -> None:

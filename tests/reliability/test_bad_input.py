@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.reliability.conftest import base_config, config_file, milvus_pks, run_job
+from tests.reliability.conftest import base_config, config_file, milvus_pks, run_in_ray
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -20,7 +20,8 @@ def dead_letters(tmp_path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for f in files for line in f.read_text().splitlines()]
 
 
-def test_every_kind_of_bad_input_is_reported_and_the_rest_written(tmp_path: Path, tiny_m3_dir: Path) -> None:
+def test_every_kind_of_bad_input_is_reported_and_the_rest_written(tmp_path: Path, tiny_m3_dir: Path,
+                                                                   ray_local: None) -> None:
     src = tmp_path / "docs"
     src.mkdir()
     good = [{"id": f"good-{i}", "text": f"The quick brown fox number {i} jumps over the lazy dog."} for i in range(6)]
@@ -43,7 +44,7 @@ def test_every_kind_of_bad_input_is_reported_and_the_rest_written(tmp_path: Path
 
     sections = base_config(tmp_path, str(src), tiny_m3_dir, batch={"max_tokens": 2048}, chunking={"overlap": 4},
                            errors={"max_error_ratio": 1.0}, cluster={"rows_per_task": 256})
-    code, summary, log = run_job(config_file(tmp_path, sections), tmp_path, "bad")
+    code, summary, log = run_in_ray(config_file(tmp_path, sections), tmp_path, "bad")
     assert code == 3, log[-3000:]
 
     rejected = dead_letters(tmp_path)
@@ -68,14 +69,14 @@ def test_every_kind_of_bad_input_is_reported_and_the_rest_written(tmp_path: Path
     assert not written & {"null-text", "empty", "blank", "number", "bad-utf8", "int-text"}
 
 
-def test_on_error_fail_stops_with_a_resumable_manifest(tmp_path: Path, tiny_m3_dir: Path) -> None:
+def test_on_error_fail_stops_with_a_resumable_manifest(tmp_path: Path, tiny_m3_dir: Path, ray_local: None) -> None:
     src = tmp_path / "docs"
     src.mkdir()
     pq.write_table(pa.table({"id": ["a", "b"], "text": ["fine text", "more fine text"]}), src / "a.parquet")
     pq.write_table(pa.table({"id": ["c", "d"], "text": ["fine", ""]}), src / "b.parquet")
     sections = base_config(tmp_path, str(src), tiny_m3_dir, errors={"on_error": "fail"}, chunking={"overlap": 4},
                            batch={"max_tokens": 1024})
-    code, summary, log = run_job(config_file(tmp_path, sections), tmp_path, "fail")
+    code, summary, log = run_in_ray(config_file(tmp_path, sections), tmp_path, "fail")
     assert code == 1 and "errors.on_error=fail" in log and "doc_id=d" in log
     assert summary["failed"] is True
 

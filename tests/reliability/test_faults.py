@@ -14,6 +14,7 @@ from tests.reliability.conftest import (
     config_file,
     kill_group,
     milvus_pks,
+    run_in_ray,
     run_job,
     start_job,
     write_parquet_shards,
@@ -59,13 +60,13 @@ def test_driver_sigkill_then_rerun_resumes_without_loss_or_duplicates(
 
 
 def test_embed_actor_death_mid_batch_is_retried(tmp_path: Path, small_corpus: list[dict[str, str]],
-                                               tiny_m3_dir: Path) -> None:
+                                               tiny_m3_dir: Path, ray_local: None) -> None:
     rows = corpus(small_corpus, 3)
     src = write_parquet_shards(tmp_path / "docs", rows, 6)
     marker = tmp_path / "actor-died"
     sections = base_config(tmp_path, str(src), tiny_m3_dir, cluster={"inject_actor_exit": str(marker)},
                            batch={"max_tokens": 1024}, chunking={"overlap": 4})
-    code, summary, log = run_job(config_file(tmp_path, sections), tmp_path, "actor")
+    code, summary, log = run_in_ray(config_file(tmp_path, sections), tmp_path, "actor")
     assert marker.exists(), "the fault was not injected"
     assert code == 0, log[-3000:]
     assert summary["docs_read"] == len(rows) and summary["docs_failed"] == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.reliability.conftest import base_config, config_file, run_job, write_parquet_shards
+from tests.reliability.conftest import base_config, config_file, run_in_ray, write_parquet_shards
 from tests.reliability.test_faults import corpus
 from tests.servers import LiteServer
 
@@ -48,7 +48,7 @@ def count(server: LiteServer) -> int:
 
 @pytest.fixture()
 def setup(tmp_path: Path, small_corpus: list[dict[str, str]],
-          e5_model_dir: Path) -> Iterator[tuple[list[dict[str, str]], LiteServer, Path]]:
+          e5_model_dir: Path, ray_local: None) -> Iterator[tuple[list[dict[str, str]], LiteServer, Path]]:
     """12 shards of one-chunk documents, a running milvus-lite server, and a job config writing to it."""
     rows = corpus(small_corpus, 1)
     src = write_parquet_shards(tmp_path / "docs", rows, 12)
@@ -65,7 +65,7 @@ def test_writes_retry_through_a_short_outage(tmp_path: Path, setup: tuple[list[d
         -> None:
     rows, server, cfg = setup
     outage = outage_after_first_shard(tmp_path, server, down_s=4)
-    code, summary, log = run_job(cfg, tmp_path, "outage")
+    code, summary, log = run_in_ray(cfg, tmp_path, "outage")
     outage.join(timeout=60)
     assert code == 0, log[-3000:]
     assert summary["rows_written"] == len(rows) and summary["shards_done"] == 12
@@ -79,13 +79,13 @@ def test_a_permanent_outage_fails_clearly_and_the_rerun_resumes(
     sections["milvus"]["write_attempts"] = 3  # give up sooner: this test is about what happens then
     cfg.write_text(yaml.safe_dump(sections))
     outage = outage_after_first_shard(tmp_path, server, down_s=None)
-    code, summary, log = run_job(cfg, tmp_path, "down")
+    code, summary, log = run_in_ray(cfg, tmp_path, "down")
     outage.join(timeout=60)
     assert code == 1 and summary["failed"] is True and summary["shards_done"] >= 1
     assert "the run failed" in log and "Milvus" in log
     recorded = len(list((tmp_path / "state" / "checkpoints").glob("*/shards/*.json")))
     assert 1 <= recorded < 12
     server.start()
-    code, summary, log = run_job(cfg, tmp_path, "after")
+    code, summary, log = run_in_ray(cfg, tmp_path, "after")
     assert code == 0, log[-3000:]
     assert summary["shards_skipped"] == recorded and count(server) == len(rows)

@@ -9,14 +9,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.reliability.conftest import base_config, config_file, milvus_pks, run_job
+from tests.reliability.conftest import base_config, config_file, milvus_pks, run_in_ray
 from tests.servers import FlakyS3Proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_reads_through_a_flaky_s3_endpoint(tmp_path: Path, s3_server: dict[str, Any], s3_bucket: str,
-                                           small_corpus: list[dict[str, str]], tiny_m3_dir: Path) -> None:
+                                           small_corpus: list[dict[str, str]], tiny_m3_dir: Path,
+                                           ray_local: None) -> None:
     import s3fs
 
     fs = s3fs.S3FileSystem(key="k", secret="s", client_kwargs={"endpoint_url": s3_server["endpoint_url"]},
@@ -30,7 +31,7 @@ def test_reads_through_a_flaky_s3_endpoint(tmp_path: Path, s3_server: dict[str, 
         sections = base_config(tmp_path, f"s3://{s3_bucket}/docs/", tiny_m3_dir, batch={"max_tokens": 1024},
                                chunking={"overlap": 4})
         sections["source"]["storage_options"] = {"endpoint_url": proxy.url, "key": "k", "secret": "s"}
-        code, summary, log = run_job(config_file(tmp_path, sections), tmp_path, "flaky")
+        code, summary, log = run_in_ray(config_file(tmp_path, sections), tmp_path, "flaky")
     finally:
         proxy.close()
     assert proxy.failed >= 3, "the proxy injected no faults"
