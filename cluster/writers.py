@@ -60,7 +60,17 @@ class WriterPool:
         self.in_flight = in_flight
         self.on_confirmed, self.on_lost = on_confirmed, on_lost
         self.unconfirmed_rows = 0  # rows written whose records wait for a checkpoint (progress only)
-        for slot, inc in zip(self.slots, ray.get([s.actor.ping.remote() for s in self.slots])):
+        # Awaited at the first call, so that the writers start while the pipeline does.
+        self._pings: list[Any] | None = [s.actor.ping.remote() for s in self.slots]
+
+    def _ready(self) -> None:
+        """The writers' first incarnations (a writer that cannot start fails the run here)."""
+        if self._pings is None:
+            return
+        import ray
+
+        pings, self._pings = self._pings, None
+        for slot, inc in zip(self.slots, ray.get(pings)):
             slot.incarnation = inc
 
     @property
@@ -69,6 +79,7 @@ class WriterPool:
 
     def submit(self, block_ref: Any, *, wait_s: float = 1.0, tick: Callable[[], None] | None = None) -> None:
         """Give a block to the least busy writer, first waiting (and collecting records) while all are full."""
+        self._ready()
         while min(len(s.calls) for s in self.slots) >= self.in_flight:
             self.collect(timeout=wait_s)
             if tick is not None:
@@ -142,6 +153,7 @@ class WriterPool:
         """Call ``method`` on every writer (after its queued calls); a dead writer gives None."""
         import ray
 
+        self._ready()
         refs = [getattr(s.actor, method).remote(*args) for s in self.slots]
         out = []
         for slot, ref in zip(self.slots, refs):

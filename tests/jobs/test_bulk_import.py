@@ -21,7 +21,7 @@ from pymilvus import MilvusClient
 
 from cluster.contract import chunk_pk
 from tests.import_server import ImportServer
-from tests.reliability.conftest import config_file, kill_group, run_job, start_job
+from tests.reliability.conftest import config_file, kill_group, run_in_ray, start_job
 from tests.servers import LiteServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -48,7 +48,8 @@ def rows_in(client: MilvusClient) -> list[dict[str, object]]:
 
 
 def test_bulk_resume_imports_nothing_twice(
-        tmp_path: Path, tiny_m3_dir: Path, lite: LiteServer, s3_server: dict[str, object], s3_bucket: str) -> None:
+        tmp_path: Path, tiny_m3_dir: Path, lite: LiteServer, s3_server: dict[str, object], s3_bucket: str,
+        ray_local: None) -> None:
     honour_key = True  # servers that ignore the key: tests/cluster/milvus/test_imports.py (find_job)
     src = tmp_path / "docs"
     src.mkdir()
@@ -89,7 +90,7 @@ def test_bulk_resume_imports_nothing_twice(
         assert completed < 8, "the kill came too late to test a resume"
         first_jobs = dict(server.jobs)
 
-        code, summary, text = run_job(cfg, tmp_path, "resume")
+        code, summary, text = run_in_ray(cfg, tmp_path, "resume")
         assert code == 0, text[-3000:]
         assert summary["shards_skipped"] + summary["shards_done"] == 16 and summary["shards_skipped"] >= 2
         assert "resuming import group" in text or summary["shards_skipped"] >= 2

@@ -15,7 +15,6 @@ from tests.reliability.conftest import (
     kill_group,
     milvus_pks,
     run_in_ray,
-    run_job,
     start_job,
     write_parquet_shards,
 )
@@ -30,7 +29,7 @@ def corpus(small_corpus: list[dict[str, str]], copies: int) -> list[dict[str, st
 
 
 def test_driver_sigkill_then_rerun_resumes_without_loss_or_duplicates(
-        tmp_path: Path, small_corpus: list[dict[str, str]], e5_model_dir: Path) -> None:
+        tmp_path: Path, small_corpus: list[dict[str, str]], e5_model_dir: Path, ray_local: None) -> None:
     rows = corpus(small_corpus, 2)  # 126 one-chunk documents
     src = write_parquet_shards(tmp_path / "docs", rows, 12)
     cfg = config_file(tmp_path, base_config(tmp_path, str(src), e5_model_dir))
@@ -50,7 +49,7 @@ def test_driver_sigkill_then_rerun_resumes_without_loss_or_duplicates(
     done_before = len(list(shards_dir.glob("*/shards/*.json")))
     assert 1 <= done_before < 12, "the kill came too late to test a resume"
 
-    code, summary, log = run_job(cfg, tmp_path, "resume")
+    code, summary, log = run_in_ray(cfg, tmp_path, "resume")  # the restarted driver
     assert code == 0, log[-3000:]
     assert summary["shards_skipped"] == done_before
     assert summary["shards_skipped"] + summary["shards_done"] == 12
