@@ -1,6 +1,6 @@
 """The driver: check everything that can fail cheaply, then coordinate shards (never rows).
 
-``plan`` lists shards, reads the model's shape, takes the target's lease, opens (or starts) Milvus
+``plan`` takes the target's lease, lists shards, reads the model's shape, opens (or starts) Milvus
 and decides from the manifest what to do. ``run`` streams the pipeline: the embedded blocks go
 by reference from the embed actors to the writer actors (:mod:`cluster.writers`); the driver
 receives small per-shard records, records finished shards in the manifest, submits bulk import
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from cluster.manifest import Lease, Manifest, Store, job_identity, target_key
+from cluster.manifest import Lease, LeaseHeld, Manifest, Store, StoreUnreachable, job_identity, target_key
 from cluster.progress import RunTracker
 from cluster.source import Shard, ShardError, list_shards, read_shard
 
@@ -77,10 +77,12 @@ class Plan:
 
 
 def plan(cfg: JobConfig) -> Plan:
-    """List shards, read the model's shape (no weights), take the lease, open or create the collection.
+    """Take the lease, list shards, read the model's shape (no weights), open or create the collection.
 
-    Every error found here (bad source, model, dimension, collection schema, another run holding
-    the target) stops the run before any embedding.
+    The lease comes first, so that a second run on the same target is refused at once (before
+    listing a large source), and it is renewed from then on. Every error found here (another run
+    holding the target, a bad source, model, dimension or collection schema) stops the run before
+    any embedding.
     """
     from cluster.milvus import CollectionSpec, ensure_collection
     from cluster.milvus.connect import connect
@@ -89,40 +91,55 @@ def plan(cfg: JobConfig) -> Plan:
     from embedder.models.loader import check_batch_budget, check_dense_dim, check_sparse
 
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-    shards = list_shards(cfg.source)
-    info = load_model_info(cfg.model)
-    if info.dim is None:
-        raise ValueError(f"cannot tell the output dimension of {cfg.model.name} from its module configs")
-    check_dense_dim(cfg.model, info.dim)
-    check_sparse(cfg.model, info.has_sparse_head)
-    check_batch_budget(cfg.batch.max_tokens, info.max_seq_length)
-    spec = CollectionSpec(name=cfg.milvus.collection, dense_dim=cfg.model.dense_dim or info.dim,
-                          has_sparse=info.has_sparse_head and cfg.model.sparse is not False,
-                          store_text=cfg.milvus.store_text, text_max_length=cfg.milvus.text_max_length,
-                          metadata=metadata_types(cfg, shards))
-    the_plan = Plan(run_id=run_id, shards=shards, spec=spec, client=None, milvus=cfg.milvus)
+    store = checkpoint_store(cfg)
+    lease = take_lease(cfg, store, run_id)
+    the_plan = None
     try:
-        store = checkpoint_store(cfg)
-        if store is not None:
-            the_plan.lease = Lease(store.child("leases"), target_key(cfg.milvus.uri, cfg.milvus.db_name,
-                                                                      cfg.milvus.collection),
-                                   {"run_id": run_id, "mode": cfg.mode, "collection": cfg.milvus.collection},
-                                   ttl_s=cfg.checkpoint.lease_ttl_s)
-            the_plan.lease.acquire()
-        else:
-            log.warning("no checkpoint.uri: nothing stops a second run on %s at the same time", cfg.milvus.collection)
+        shards = list_shards(cfg.source)
+        info = load_model_info(cfg.model)
+        if info.dim is None:
+            raise ValueError(f"cannot tell the output dimension of {cfg.model.name} from its module configs")
+        check_dense_dim(cfg.model, info.dim)
+        check_sparse(cfg.model, info.has_sparse_head)
+        check_batch_budget(cfg.batch.max_tokens, info.max_seq_length)
+        spec = CollectionSpec(name=cfg.milvus.collection, dense_dim=cfg.model.dense_dim or info.dim,
+                              has_sparse=info.has_sparse_head and cfg.model.sparse is not False,
+                              store_text=cfg.milvus.store_text, text_max_length=cfg.milvus.text_max_length,
+                              metadata=metadata_types(cfg, shards))
+        the_plan = Plan(run_id=run_id, shards=shards, spec=spec, client=None, milvus=cfg.milvus, lease=lease)
         if cfg.milvus.is_lite:
             the_plan.lite = LiteServer(cfg.milvus).start()
             the_plan.milvus = the_plan.lite.effective()
         the_plan.client = connect(the_plan.milvus)
         created = ensure_collection(the_plan.client, spec)
         _plan_shards(cfg, the_plan, store, created=created)
-        if the_plan.lease is not None:
-            the_plan.lease.start_heartbeat()
         return the_plan
     except BaseException:
-        the_plan.close()
+        if the_plan is not None:
+            the_plan.close()
+        elif lease is not None:
+            lease.release()
         raise
+
+
+def take_lease(cfg: JobConfig, store: Store | None, run_id: str) -> Lease | None:
+    """The target's lease, held and renewed from now on (None without a checkpoint: nothing to hold it)."""
+    if store is None:
+        log.warning("no checkpoint.uri: nothing stops a second run on %s at the same time", cfg.milvus.collection)
+        return None
+    lease = Lease(store.child("leases"), target_key(cfg.milvus.uri, cfg.milvus.db_name, cfg.milvus.collection),
+                  {"run_id": run_id, "mode": cfg.mode, "collection": cfg.milvus.collection},
+                  ttl_s=cfg.checkpoint.lease_ttl_s)
+    try:
+        lease.acquire()
+    except LeaseHeld:
+        raise
+    except Exception as e:  # the first touch of the checkpoint storage: nothing was done yet
+        raise StoreUnreachable(f"checkpoint.uri {store.uri} cannot be used: {type(e).__name__}: {e}. Check "
+                               "checkpoint.uri and its storage options (checkpoint.storage_options, else "
+                               "source.storage_options)") from e
+    lease.start_heartbeat()
+    return lease
 
 
 def checkpoint_store(cfg: JobConfig) -> Store | None:

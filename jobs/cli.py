@@ -90,7 +90,7 @@ def plan_or_exit_code(cfg: JobConfig, logger: logging.Logger,
                       check: Callable[[JobConfig, Plan], Any] | None = None) -> Plan | int:
     """Plan the run and run ``check(cfg, plan)``; an exit code when something stops it before any work."""
     from cluster import driver
-    from cluster.manifest import LeaseHeld, ManifestCorrupt
+    from cluster.manifest import LeaseHeld, ManifestCorrupt, StoreUnreachable
     from cluster.milvus import MilvusConnectError
     from cluster.source import SourceError
 
@@ -106,7 +106,7 @@ def plan_or_exit_code(cfg: JobConfig, logger: logging.Logger,
         logger.error("cannot start: Milvus is unreachable: %s", e)
     except LeaseHeld as e:
         logger.error("cannot start: %s", e)
-    except ManifestCorrupt as e:
+    except (ManifestCorrupt, StoreUnreachable) as e:
         logger.error("cannot start: %s", e)
     if the_plan is not None:
         the_plan.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from cluster.manifest.aliases import AliasHistory
 from cluster.manifest.lease import Lease, LeaseHeld, target_key
 from cluster.manifest.manifest import Manifest, job_identity, shard_key
-from cluster.manifest.store import ManifestCorrupt, Store
+from cluster.manifest.store import ManifestCorrupt, Store, StoreUnreachable
 
-__all__ = ["AliasHistory", "Lease", "LeaseHeld", "Manifest", "ManifestCorrupt", "Store", "job_identity", "shard_key",
-           "target_key"]
+__all__ = ["AliasHistory", "Lease", "LeaseHeld", "Manifest", "ManifestCorrupt", "Store", "StoreUnreachable",
+           "job_identity", "shard_key", "target_key"]

@@ -27,6 +27,10 @@ class ManifestCorrupt(RuntimeError):
     """A manifest object exists but cannot be read; the message names it and says how to recover."""
 
 
+class StoreUnreachable(RuntimeError):
+    """The manifest's storage cannot be used at all (no connection, no bucket, no permission)."""
+
+
 class Store:
     """Objects under one root folder or ``s3://bucket/prefix``.
 

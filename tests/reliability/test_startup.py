@@ -60,6 +60,11 @@ def test_unreachable_s3_and_milvus_both_could_not_start(tmp_path: Path, tiny_m3_
     assert code == 2 and took < 20, (code, took)
     assert "cannot start" in text and "listing failed" in text and "Could not connect" in text
 
+    caplog.clear()  # the manifest on that endpoint too: its lease is the first thing the run touches
+    code, took, text = start(tmp_path, caplog, **{**s3, "checkpoint": {"uri": "s3://bucket/state"}})
+    assert code == 2 and took < 20, (code, took)
+    assert "cannot start: checkpoint.uri s3://bucket/state cannot be used" in text and "Could not connect" in text
+
     caplog.clear()
     milvus = {**base, "milvus": {"uri": f"http://127.0.0.1:{closed_port()}", "collection": "docs"}}
     code, took, text = start(tmp_path, caplog, **milvus)
