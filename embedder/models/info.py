@@ -45,18 +45,22 @@ def read_model_json(path: str, name: str) -> dict[str, Any]:
 
 
 def load_model_info(cfg: ModelConfig) -> ModelInfo:
-    """Tokenizer plus limits and prompts; cheap enough for every CPU worker.
+    """Tokenizer plus limits and prompts; cheap enough for every CPU worker (no torch: see fasttok).
 
     Raises:
         FileNotFoundError: A local folder that is not a model (the message lists what it lacks).
         ValueError: Settings the model cannot honour (e.g. ``max_seq_length`` over its limit).
     """
-    from transformers import AutoTokenizer
+    from embedder.models.fasttok import FastTokenizer
 
     path = resolve_model_path(cfg)
     if Path(path).is_dir():
         check_model_folder(Path(path), cfg.name)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    tokenizer: Any = FastTokenizer.load(path, trust_remote_code=cfg.trust_remote_code)
+    if tokenizer is None:  # no tokenizer.json, or a class that needs transformers (which imports torch)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     st_conf = read_model_json(path, "sentence_bert_config.json")
     model_max = int(st_conf.get("max_seq_length") or min(getattr(tokenizer, "model_max_length", 512), 8192))
     limit = cfg.max_seq_length or model_max

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from embedder.attention import AttentionChoice, choose_attention, enable
+from embedder.models.fasttok import check_same_ids
 from embedder.models.info import ModelInfo
 from embedder.settings import ModelConfig
 
@@ -72,6 +73,7 @@ def load_model(cfg: ModelConfig, info: ModelInfo, device: str, dtype: Any) -> Lo
               else st.get_sentence_embedding_dimension())
     check_dense_dim(cfg, dim)
     st.max_seq_length = info.max_seq_length
+    check_same_ids(cfg.name, st.tokenizer, info.tokenizer)  # the read tasks tokenized without transformers
 
     sparse_head = None
     head_file = find_sparse_head(path) if cfg.sparse is not False else None

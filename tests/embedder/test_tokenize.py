@@ -6,6 +6,7 @@ Expectations are computed with the model's own Hugging Face tokenizer, independe
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -43,8 +44,16 @@ def make(info: ModelInfo, chunking: ChunkingConfig | None = None, **model: objec
     return TextTokenizer(info, ModelConfig(name=info.path, **model), chunking or ChunkingConfig())  # type: ignore[arg-type]
 
 
+@functools.cache
+def hf_tokenizer(path: str):  # noqa: ANN201
+    """transformers' own tokenizer of the folder: the reference (the job may use tokenizer.json directly)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
 def hf_ids(info: ModelInfo, text: str, **kw: object) -> list[int]:
-    return list(info.tokenizer(text, **kw)["input_ids"])
+    return list(hf_tokenizer(info.path)(text, **kw)["input_ids"])
 
 
 def ids_of(chunks: Chunks) -> list[list[int]]:
