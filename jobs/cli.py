@@ -28,7 +28,7 @@ log = logging.getLogger("jobs")
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    for noisy in ("httpx", "urllib3", "botocore", "s3fs", "filelock", "transformers", "sentence_transformers"):
+    for noisy in ("httpx", "urllib3", "botocore", "s3fs", "filelock", "transformers", "sentence_transformers", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
