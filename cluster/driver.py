@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from cluster.manifest import Lease, LeaseHeld, Manifest, Store, StoreUnreachable, job_identity, target_key
+from cluster.manifest import (
+    Lease,
+    LeaseHeld,
+    Manifest,
+    ManifestCorrupt,
+    Store,
+    StoreUnreachable,
+    job_identity,
+    target_key,
+)
 from cluster.progress import RunTracker
 from cluster.source import Shard, ShardError, list_shards, read_shard
 
@@ -132,7 +141,7 @@ def take_lease(cfg: JobConfig, store: Store | None, run_id: str) -> Lease | None
                   ttl_s=cfg.checkpoint.lease_ttl_s)
     try:
         lease.acquire()
-    except LeaseHeld:
+    except (LeaseHeld, ManifestCorrupt):
         raise
     except Exception as e:  # the first touch of the checkpoint storage: nothing was done yet
         raise StoreUnreachable(f"checkpoint.uri {store.uri} cannot be used: {type(e).__name__}: {e}. Check "
