@@ -17,6 +17,7 @@ In order of preference:
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -115,14 +116,14 @@ def varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
         out = torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, max_len, max_len, 0.0, False, False,
                                                       scale=scaling)[0]
     else:
-        out = _padded_attention(q, k, v, cu, max_len, scaling)
+        out = _padded_attention(q, k, v, cu, scaling)
     return out.unsqueeze(0), None
 
 
 GROUP = 16  # sequences per padded attention call on CPU
 
 
-def _padded_attention(q: Any, k: Any, v: Any, cu: Any, max_len: int, scaling: float | None) -> Any:
+def _padded_attention(q: Any, k: Any, v: Any, cu: Any, scaling: float | None) -> Any:
     """CPU: the attention product of a packed batch, over groups of similar-length sequences padded per group.
 
     Everything else in the layer (the projections and the feed-forward, most of the work for
@@ -137,30 +138,24 @@ def _padded_attention(q: Any, k: Any, v: Any, cu: Any, max_len: int, scaling: fl
     out = torch.empty_like(q)
     heads, dim = q.shape[1], q.shape[2]
     for tokens, slot, rows, width, keep in _group_layout(tuple(cu.tolist())):
-
-        def pad(t: Any, tokens: Any = tokens, slot: Any = slot, rows: int = rows, width: int = width) -> Any:
-            # [group tokens, heads, dim] -> [rows, heads, width, dim]
-            return (t.new_zeros(rows * width, heads, dim).index_copy_(0, slot, t[tokens])
-                    .view(rows, width, heads, dim).transpose(1, 2))
-
-        res = torch.nn.functional.scaled_dot_product_attention(pad(q), pad(k), pad(v), attn_mask=keep, scale=scaling)
+        padded = [_pad(t[tokens], slot, rows, width) for t in (q, k, v)]
+        res = torch.nn.functional.scaled_dot_product_attention(*padded, attn_mask=keep, scale=scaling)
         out.index_copy_(0, tokens, res.transpose(1, 2).reshape(rows * width, heads, dim)[slot])
     return out
 
 
-_LAYOUT: dict[tuple[int, ...], list[tuple[Any, Any, int, int, Any]]] = {}
+def _pad(t: Any, slot: Any, rows: int, width: int) -> Any:
+    """``[group tokens, heads, dim]`` -> ``[rows, heads, width, dim]``, zeros where a row is shorter."""
+    heads, dim = t.shape[1], t.shape[2]
+    return t.new_zeros(rows * width, heads, dim).index_copy_(0, slot, t).view(rows, width, heads, dim).transpose(1, 2)
 
 
+@functools.lru_cache(maxsize=1)  # the same for every layer of a forward pass
 def _group_layout(bounds: tuple[int, ...]) -> list[tuple[Any, Any, int, int, Any]]:
-    """Per group: its token indices, their padded slots, rows, width, key mask (None when all equal).
-
-    The same for every layer of a forward pass, so the last one is kept.
-    """
+    """Per group: its token indices, their padded slots, rows, width, key mask (None when all equal)."""
     import numpy as np
     import torch
 
-    if bounds in _LAYOUT:
-        return _LAYOUT[bounds]
     cu = np.asarray(bounds, dtype=np.int64)
     lengths = np.diff(cu)
     order = np.argsort(-lengths, kind="stable")
@@ -176,8 +171,6 @@ def _group_layout(bounds: tuple[int, ...]) -> list[tuple[Any, Any, int, int, Any
         if (lens != width).any():
             keep = torch.from_numpy(np.arange(width)[None, :] < lens[:, None])[:, None, None, :]
         groups.append((torch.from_numpy(tokens), torch.from_numpy(row * width + col), len(seqs), width, keep))
-    _LAYOUT.clear()
-    _LAYOUT[bounds] = groups
     return groups
 
 
