@@ -167,6 +167,10 @@ def _plan_shards(cfg: JobConfig, the_plan: Plan, store: Store | None, *, created
     manifest = Manifest(store, job_identity(cfg))
     the_plan.manifest = manifest
     if cfg.mode == "full" and manifest.run_finished():
+        if cfg.milvus.mode == "bulk_import" and not created:  # before the new generation: refused, nothing changes
+            from cluster.bulkimport import refuse_reimport
+
+            refuse_reimport(the_plan, manifest)
         log.info("the previous full run finished: starting over (mode: incremental skips unchanged shards)")
         manifest.start_generation()
     if cfg.milvus.mode == "bulk_import":

@@ -108,6 +108,9 @@ class MilvusConfig:
                               "up to 16 GB, at most 1024 per import job).", 1024)
     import_timeout_s: float = doc("bulk_import: longest wait for one import job.", 6 * 3600.0)
     import_poll_s: float = doc("bulk_import: seconds between checks of the import jobs in flight.", 10.0)
+    import_max_running_jobs: int = doc("bulk_import: most import jobs of this run running on the server at once "
+                                       "(1..1024: Milvus runs at most dataCoord.maxImportJobNum, 1024, of all its "
+                                       "clients' jobs and refuses more); further groups wait for a slot.", 64)
 
     def __post_init__(self) -> None:
         choice("milvus.mode", self.mode, ("upsert", "bulk_import"))
@@ -128,6 +131,9 @@ class MilvusConfig:
             raise ValueError("milvus.write_attempts must be >= 1")
         if self.import_group_shards < 1:
             raise ValueError("milvus.import_group_shards must be >= 1")
+        if not 1 <= self.import_max_running_jobs <= 1024:
+            raise ValueError("milvus.import_max_running_jobs must be between 1 and 1024 (Milvus runs at most 1024 "
+                             "import jobs at once)")
         if not 1 <= self.import_file_mb <= 16 * 1024:
             raise ValueError("milvus.import_file_mb must be between 1 and 16384 (Milvus' limit per file is 16 GB)")
 

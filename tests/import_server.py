@@ -19,6 +19,11 @@ client is tested against this server. It follows the contract in docs/milvus-imp
   paths relative to it, as Milvus imports from its own bucket), checks it against the
   collection's schema like Milvus' parquet reader and inserts all rows at once; any problem
   fails the job with a reason and inserts nothing (jobs are atomic).
+* Running jobs (``max_running_jobs``, Milvus' ``dataCoord.maxImportJobNum``, 1024): a create while
+  that many jobs of the server (any collection) are neither ``Completed`` nor ``Failed`` is
+  refused with code 2101 (2100 before 2.6) "The number of jobs has reached the limit, please try
+  again later" (``ValidateMaxImportJobExceed``); :attr:`ImportServer.max_running` records the
+  most jobs that ran at once.
 
 Checks modelled (the strictest of Milvus 2.5 and 2.6): every field present and no column that
 is not a field; arrow types a field accepts (VARCHAR: string; INT32: int8..int32; INT64:
@@ -30,20 +35,29 @@ floats; sparse rows non-empty, indices in 0..2^32-2 and unique; files of at most
 1024 files per job, ``.parquet`` only (JSON/NumPy/CSV imports are not modelled).
 
 Not modelled: partitions and partition keys, auto-id primary keys, dynamic fields, import
-options, job concurrency limits and queueing, the key's 24 h memory and job retention,
+options, queueing and scheduling (every job runs as soon as it is described enough times), the
+key's 24 h memory and job retention,
 ``commit``/``abort``, row-count limits per task, and the server's HTTP status mode
 (``standardErrorStatus``).
 
 Fault injection: :meth:`ImportServer.inject` answers the next request(s) to an endpoint with an
-HTTP error, before handling them (request lost) or after (answer lost).
+HTTP error, before handling them (request lost) or after (answer lost); ``fail_next`` fails the
+next job created, ``fail_files`` (file -> reason) any job holding one of those files. :meth:`ImportServer.stop`
+and :meth:`ImportServer.start` again on the same port: an API that is unreachable for a while.
+
+Checks for tests: :meth:`ImportServer.imports_per_file` (how many completed jobs imported each
+file: more than one is a duplicate import), :meth:`ImportServer.snapshot` (the jobs as plain
+values, to compare before and after).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -56,6 +70,7 @@ from cluster.source.filesystem import filesystem
 
 PREFIX = "/v2/vectordb/jobs/import/"
 MAX_FILES_PER_JOB = 1024
+MAX_IMPORT_JOB_NUM = 1024  # dataCoord.maxImportJobNum
 MAX_FILE_BYTES = 16 * 1024**3
 MAX_SPARSE_INDEX = 2**32 - 2
 INSERT_BATCH = 500
@@ -122,21 +137,29 @@ class ImportServer:
         steps: Describe calls that report pending/importing before the job runs.
         fail_next: The next created job fails with this reason (then reset to None).
         insert: Insert the rows (False: check the files and count them only).
+        max_running_jobs: Jobs neither completed nor failed beyond which a create is refused.
+        port: Port to listen on (default: a free one, kept across :meth:`stop` and :meth:`start`).
     """
 
     def __init__(self, *, milvus: MilvusClient, s3_options: dict[str, Any], bucket: str, token: str | None = None,
                  db_name: str = "default", honour_idempotency_key: bool = True, steps: int = 1,
-                 fail_next: str | None = None, insert: bool = True) -> None:
+                 fail_next: str | None = None, insert: bool = True, max_running_jobs: int = MAX_IMPORT_JOB_NUM,
+                 port: int = 0) -> None:
         self.milvus, self.bucket, self.token, self.db_name = milvus, bucket, token, db_name
         self.fs, _ = filesystem(f"s3://{bucket}", s3_options)
         self.honour_idempotency_key, self.steps, self.fail_next, self.insert = (
             honour_idempotency_key, steps, fail_next, insert)
+        self.max_running_jobs = max_running_jobs
+        self.max_running = 0  # most jobs neither completed nor failed at once
+        self.fail_files: dict[str, str] = {}  # a job holding one of these files fails with the reason given
+        self.port = port
         self.requests: list[Recorded] = []
         self.jobs: dict[str, Job] = {}
         self.keys: dict[tuple[str, str, str], str] = {}
         self.faults: list[Fault] = []
         self._next_id = 457_000_000_000_000_000
         self._lock = threading.RLock()
+        self._connections: set[socket.socket] = set()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -144,12 +167,14 @@ class ImportServer:
 
     @property
     def url(self) -> str:
-        assert self._server is not None, "server not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        assert self.port, "server never started"
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ImportServer:
+        """Listen (again: on the same port, with the jobs and keys it had)."""
         handler = _handler(self)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self.port = int(self._server.server_address[1])
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="import-server", daemon=True)
@@ -157,10 +182,17 @@ class ImportServer:
         return self
 
     def stop(self) -> None:
+        """Stop listening and drop open (keep-alive) connections: the API is unreachable until :meth:`start`."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._lock:
+            for conn in list(self._connections):
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
@@ -187,6 +219,21 @@ class ImportServer:
         """Recorded requests to ``endpoint`` (``create``, ``describe``, ``get_progress``, ``list``)."""
         with self._lock:
             return [r for r in self.requests if r.path == PREFIX + endpoint]
+
+    def running(self) -> int:
+        """Jobs neither completed nor failed."""
+        with self._lock:
+            return sum(1 for j in self.jobs.values() if j.state not in ("Completed", "Failed"))
+
+    def imports_per_file(self) -> Counter[str]:
+        """How many completed jobs imported each file (a file imported twice has loaded its rows twice)."""
+        with self._lock:
+            return Counter(p for j in self.jobs.values() if j.state == "Completed" for g in j.files for p in g)
+
+    def snapshot(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """The jobs as plain values (job id -> state, files), to compare before and after."""
+        with self._lock:
+            return {j.job_id: (j.state, tuple(p for g in j.files for p in g)) for j in self.jobs.values()}
 
     def reset(self, **options: Any) -> None:
         """Forget requests and faults (jobs and keys stay); set options (steps, fail_next...)."""
@@ -277,6 +324,11 @@ class ImportServer:
             known = self.keys.get((db, collection, key))
             if known is not None:
                 return {"code": 0, "data": {"jobId": known}}
+        if self.running() >= self.max_running_jobs:
+            return {"code": 2101, "message": "importing data failed: The number of jobs has reached the limit, please "
+                                             "try again later. If your request is set to only import a single file, "
+                                             "please consider importing multiple files in one request for better "
+                                             "efficiency."}
         self._next_id += 1
         job = Job(job_id=str(self._next_id), db_name=db, collection=collection, files=groups,
                   key=key if self.honour_idempotency_key else None, fail_reason=self.fail_next)
@@ -284,6 +336,7 @@ class ImportServer:
         self.jobs[job.job_id] = job
         if job.key is not None:
             self.keys[(db, collection, job.key)] = job.job_id
+        self.max_running = max(self.max_running, self.running())
         return {"code": 0, "data": {"jobId": job.job_id}}
 
     def _describe(self, body: dict[str, Any], headers: dict[str, str], db: str) -> dict[str, Any]:
@@ -346,6 +399,9 @@ class ImportServer:
         try:
             if job.fail_reason is not None:
                 raise ImportFailed(job.fail_reason)
+            for group in job.files:
+                if group[0] in self.fail_files:
+                    raise ImportFailed(self.fail_files[group[0]])
             if not self.milvus.has_collection(job.collection):
                 raise ImportFailed(f"collection not found[collection={job.collection}]")
             fields = [f for f in self.milvus.describe_collection(job.collection)["fields"] if not f.get("auto_id")]
@@ -514,6 +570,19 @@ def _handler(server: ImportServer) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, *args: object) -> None:  # quiet
             pass
+
+        def setup(self) -> None:
+            super().setup()
+            with server._lock:
+                server._connections.add(self.connection)
+
+        def finish(self) -> None:
+            with server._lock:
+                server._connections.discard(self.connection)
+            try:
+                super().finish()
+            except OSError:  # the connection was dropped by stop()
+                pass
 
         def _answer(self, status: int, answer: Any) -> None:
             data = (json.dumps(answer) if not isinstance(answer, str) else answer).encode()

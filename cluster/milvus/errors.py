@@ -25,7 +25,48 @@ class MilvusWriteError(RuntimeError):
 
 
 class BulkImportError(RuntimeError):
-    """A bulk_import job could not be started, failed on the server, or did not finish in time."""
+    """A bulk_import job could not be started, failed on the server, or did not finish in time.
+
+    The subclasses tell what is known: only :class:`ImportJobFailed` says that a job imported
+    nothing (its files may go and its shards be redone); after any other, whether rows landed
+    is unknown, so the import group stays recorded and the next run asks again.
+    """
+
+
+class ImportApiError(BulkImportError):
+    """A call of the import API failed (unreachable, refused, or an unexpected answer): nothing is known of the job.
+
+    Attributes:
+        code: Milvus' error code from the response body, if any.
+        http_status: The HTTP status, if a response came.
+        transient: Whether the same call may succeed later.
+    """
+
+    def __init__(self, message: str, *, code: int | None = None, http_status: int | None = None,
+                 transient: bool = False) -> None:
+        super().__init__(message)
+        self.code, self.http_status, self.transient = code, http_status, transient
+
+
+class ImportJobFailed(BulkImportError):
+    """The server describes the import job as failed: nothing of it was imported (a job is atomic).
+
+    Attributes:
+        job_id: The job.
+        reason: The server's reason.
+    """
+
+    def __init__(self, message: str, *, job_id: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.job_id, self.reason = job_id, reason
+
+
+class ImportTimeout(BulkImportError):
+    """An import job did not finish in time; it may still be running (or done) on the server."""
+
+
+class ImportPartlyDone(BulkImportError):
+    """Of an import group's jobs some completed and some failed: its shards can be neither recorded nor redone."""
 
 
 def secrets_of(token: str | None) -> list[str]:

@@ -36,7 +36,14 @@ from typing import Any
 
 import requests
 
-from cluster.milvus.errors import BulkImportError, redact, secrets_of
+from cluster.milvus.errors import (
+    BulkImportError,
+    ImportApiError,
+    ImportJobFailed,
+    ImportTimeout,
+    redact,
+    secrets_of,
+)
 from cluster.retry import retry
 
 log = logging.getLogger(__name__)
@@ -53,21 +60,6 @@ TRANSIENT_CODES = frozenset({1, 2, 4, 8, 12, 1807})
 TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
 STATES = ("pending", "importing", "completed", "failed")
 _PROTO_PATHS = re.compile(r'paths:"((?:[^"\\]|\\.)*)"')
-
-
-class ImportApiError(BulkImportError):
-    """A call of the import API failed.
-
-    Attributes:
-        code: Milvus' error code from the response body, if any.
-        http_status: The HTTP status, if a response came.
-        transient: Whether the same call may succeed later.
-    """
-
-    def __init__(self, message: str, *, code: int | None = None, http_status: int | None = None,
-                 transient: bool = False) -> None:
-        super().__init__(message)
-        self.code, self.http_status, self.transient = code, http_status, transient
 
 
 def normalize_state(state: object) -> str:
@@ -236,7 +228,8 @@ class ImportClient:
 
         Raises:
             ValueError: Bad files or key (before any request).
-            BulkImportError: The server refused the job, or retries ran out.
+            ImportApiError: The server refused the job, or retries ran out (whether a job started is
+                unknown: look for it with :meth:`find_job`, or re-send the same key).
         """
         groups = check_files(files)
         check_idempotency_key(idempotency_key)
@@ -277,7 +270,7 @@ class ImportClient:
         """The job's description (see :func:`describe_job`); ``/describe``, or ``/get_progress`` on old servers.
 
         Raises:
-            BulkImportError: Unknown job, or the server cannot be asked.
+            ImportApiError: Unknown job, or the server cannot be asked.
         """
         try:
             return self._retry(lambda: self._describe(job_id, self._post), f"describing import job {job_id}")
@@ -313,9 +306,10 @@ class ImportClient:
         """Poll the job until it completes; returns its last description.
 
         Raises:
-            BulkImportError: The job failed (with the server's reason; an import is atomic, so
-                nothing of it was imported), or it did not finish within ``timeout_s`` (it may
-                still be running on the server).
+            ImportJobFailed: The server describes the job as failed (with its reason; an import is
+                atomic, so nothing of it was imported).
+            ImportTimeout: It did not finish within ``timeout_s`` (it may still be running on the server).
+            ImportApiError: The server could not be asked (whether the job completed is unknown).
         """
         sleep = sleep or self._sleep
         clock = clock or self._clock
@@ -327,13 +321,13 @@ class ImportClient:
                 log.info("import job %s completed: %d of %d row(s)", job_id, job["imported_rows"], job["total_rows"])
                 return job
             if job["state"] == "failed":
-                raise BulkImportError(
+                raise ImportJobFailed(
                     f"import job {job_id} into '{job['collection']}' failed: {job['reason'] or 'no reason given'}. "
                     "Nothing of it was imported (a job is atomic); fix the cause and import the files again under a "
-                    "new idempotency key")
+                    "new idempotency key", job_id=str(job_id), reason=job["reason"])
             now = clock()
             if now >= deadline:
-                raise BulkImportError(
+                raise ImportTimeout(
                     f"import job {job_id} into '{job['collection']}' did not finish in {timeout_s:.0f} s (state "
                     f"{job['raw_state'] or job['state']}, {job['progress']}%); it may still be running on the server: "
                     "check it there before importing these files again (an import inserts: a second one duplicates "

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from pymilvus import MilvusClient
 
-from cluster.milvus.errors import BulkImportError
+from cluster.milvus.errors import BulkImportError, ImportJobFailed, ImportTimeout
 from cluster.milvus.importfiles import ImportFile, ImportFiles, import_table
 from cluster.milvus.imports import (
     MAX_FILES_PER_JOB,
@@ -198,8 +198,9 @@ def test_failed_job_raises_with_the_reason_and_imports_nothing(server, milvus, s
     server.reset(fail_next="disk quota exhausted on the datanode")
     with client_for(server) as client:
         failed = client.create(spec.name, [[f.path] for f in good], idempotency_key="k1")
-        with pytest.raises(BulkImportError, match="disk quota exhausted on the datanode"):
+        with pytest.raises(ImportJobFailed, match="disk quota exhausted on the datanode") as failure:
             client.wait(failed, poll_s=0)
+        assert failure.value.job_id == failed and failure.value.reason == "disk quota exhausted on the datanode"
         assert client.describe(failed)["state"] == "failed"
 
         # a job with one good file and one whose vectors have the wrong dimension: atomic, nothing lands
@@ -289,7 +290,7 @@ def test_wait_gives_up_after_its_timeout(milvus, spec, s3_server, s3_bucket, mak
         clock = FakeClock()
         with client_for(server) as client:
             job_id = client.create(spec.name, [[f.path] for f in files], idempotency_key="k")
-            with pytest.raises(BulkImportError, match="may still be running"):
+            with pytest.raises(ImportTimeout, match="may still be running"):
                 client.wait(job_id, poll_s=30, timeout_s=300, sleep=clock.sleep, clock=clock)
     assert 10 <= len(server.calls("describe")) <= 12 and count(milvus, spec.name) == 0
 
