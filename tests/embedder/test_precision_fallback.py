@@ -119,20 +119,44 @@ def test_fp16_without_overflow_is_not_rerun(tiny_m3_dir: Path) -> None:
     assert np.abs(emb.dense - ref.dense).max() <= 5e-3
 
 
-def test_resolve_dtype() -> None:
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_resolve_dtype(native_bf16: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
+    from embedder import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native_bf16)  # the CPU, not the rule under test
     assert resolve_dtype("auto", "cuda") == torch.float16
     assert resolve_dtype("auto", "cuda:1") == torch.float16
-    assert resolve_dtype("auto", "cpu") == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    assert resolve_dtype("auto", "cpu") == (torch.bfloat16 if native_bf16 else torch.float32)
     for name, dtype in [("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)]:
         assert resolve_dtype(name, "cpu") == dtype
         assert resolve_dtype(name, "cuda") == dtype
 
 
-def test_cpu_bf16_detection_matches_cpuinfo() -> None:
-    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    assert cpu_has_native_bf16() == ("avx512_bf16" in flags.split() or "amx_bf16" in flags.split())
+CPU_FLAGS = {  # "flags" lines of /proc/cpuinfo, shortened
+    "skylake_avx512": "fpu vme sse2 avx avx2 avx512f avx512dq avx512cd avx512bw avx512vl",
+    "cooper_lake": "fpu vme sse2 avx avx2 avx512f avx512bw avx512_vnni avx512_bf16",
+    "sapphire_rapids": "fpu sse2 avx2 avx512f avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8",
+    "amx_without_avx512_bf16": "fpu sse2 avx2 avx512f amx_bf16 amx_tile",
+    "zen3": "fpu vme sse2 avx avx2 sha_ni vaes vpclmulqdq",
+}
+
+
+@pytest.mark.parametrize(("cpu", "native"), [("skylake_avx512", False), ("cooper_lake", True),
+                                             ("sapphire_rapids", True), ("amx_without_avx512_bf16", True),
+                                             ("zen3", False)])
+def test_cpu_bf16_detection(cpu: str, native: bool, tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: some cpu\nflags\t\t: {CPU_FLAGS[cpu]}\n\n"
+                    f"processor\t: 1\nflags\t\t: {CPU_FLAGS[cpu]}\n")
+    assert cpu_has_native_bf16(str(info)) is native
+
+
+def test_cpu_bf16_detection_without_flags(tmp_path: Path) -> None:
+    (tmp_path / "arm").write_text("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")  # no x86 flags line
+    assert cpu_has_native_bf16(str(tmp_path / "arm")) is False
+    assert cpu_has_native_bf16(str(tmp_path / "missing")) is False
 
 
 def test_resolve_device() -> None:
