@@ -56,8 +56,8 @@ from cluster.milvus.errors import BulkImportError, ImportPartlyDone, ImportTimeo
 from cluster.source import Shard
 
 if TYPE_CHECKING:
-    from cluster.driver import Plan
     from cluster.manifest import Manifest
+    from cluster.plan import Plan
     from cluster.progress import RunTracker
     from jobs.config import JobConfig
 
@@ -74,7 +74,7 @@ def import_client(cfg: JobConfig, milvus: Any) -> Any:
 
 
 def _delete_files(cfg: JobConfig, uris: list[str]) -> None:
-    from cluster.source.filesystem import filesystem
+    from embedder.storage import filesystem
 
     for uri in uris:
         fs, path = filesystem(uri, cfg.milvus.bulk_storage_options)

@@ -37,6 +37,8 @@ SPARSE_VALUES = "sparse_values"  # list<float32>: max relu weight per token id
 PADDED_LEN = "padded_len"  # width of the forward batch the row ran in: sum = padded tokens
 FP32_RERUNS = "_fp32_reruns"  # int32: on the first row of an embed call's output, batches it re-ran in fp32; else 0
 
+VARCHAR_MAX_BYTES = 65535  # the most a Milvus VARCHAR field holds (metadata fields are created at this length)
+
 # Fields of the Milvus collection that are not batch columns of the same name.
 SPARSE_FIELD = "sparse"
 

@@ -6,7 +6,7 @@ import json
 import logging
 from typing import Any
 
-from cluster.source.filesystem import filesystem
+from embedder.storage import filesystem
 
 log = logging.getLogger(__name__)
 

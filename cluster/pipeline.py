@@ -1,6 +1,6 @@
 """Place the stages on Ray Data: read+tokenize as CPU tasks (one shard each), embed in a GPU actor pool.
 
-Nothing runs until the dataset is iterated (by ``cluster.driver``, which hands the embedded blocks to
+Nothing runs until the dataset is iterated (by ``cluster.run``, which hands the embedded blocks to
 the writer actors of :mod:`cluster.writers` without fetching them). Streaming execution
 keeps a bounded number of blocks in flight, so memory does not grow with the corpus.
 """
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def build_dataset(cfg: JobConfig, items: list[dict[str, object]], ids: IdsSink | None = None,
-                  progress: Any = None) -> ray.data.Dataset:
+                  progress: Any = None, metadata_types: dict[str, Any] | None = None) -> ray.data.Dataset:
     """The lazy read+tokenize -> embed dataset over shard ``items`` (:func:`cluster.stages.read.shard_items`).
 
     Args:
@@ -27,13 +27,15 @@ def build_dataset(cfg: JobConfig, items: list[dict[str, object]], ids: IdsSink |
         items: One item per shard (path, format, size, version, where its id files go).
         ids: Where the read tasks write the shards' id files (None: no manifest).
         progress: A :class:`cluster.progress.ProgressCounter` actor the read tasks report to.
+        metadata_types: The collection's metadata field types (arrow); read tasks cast to them.
     """
     import ray.data
 
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.map_batches(read_and_tokenize, fn_kwargs={"source": cfg.source, "model": cfg.model,
                                                       "chunking": cfg.chunking, "lang_column": cfg.source.lang_column,
-                                                      "ids": ids, "progress": progress},
+                                                      "ids": ids, "progress": progress,
+                                                      "metadata_types": metadata_types},
                         batch_size=1, batch_format="pyarrow", num_cpus=0.5)
     ds = ds.map_batches(
         EmbedStage,

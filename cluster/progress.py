@@ -50,6 +50,8 @@ class RunTracker:
         self.bytes_total = sum(s.size for s in shards) or 1
         self.shards_skipped = self.docs_deleted = self.rejects = self.fp32_reruns = self.chunks_deleted = 0
         self.delete_failures = self.stale_deleted = 0
+        self.deletes_held = 0  # delete_missing candidate files left pending (incomplete run, or over the guard)
+        self.repaired_rows = 0  # rows written again: the winning versions of ids held by several shards
         self.cross_shard_duplicates: int | None = 0
         self.id_kind_mismatch: list[str] = []
         self.languages: dict[str, dict[str, int]] = {}
@@ -169,6 +171,8 @@ class RunTracker:
             "chunks_deleted": self.chunks_deleted,  # of documents gone from the source (delete_missing)
             "stale_chunks_deleted": self.stale_deleted,  # tails of documents that shrank
             "deletes_failed": self.delete_failures,
+            "deletes_held": self.deletes_held,
+            "repaired_rows": self.repaired_rows,
             "id_kind_mismatch": self.id_kind_mismatch[:20],
             "fp32_reruns": self.fp32_reruns,
             "tokens": tokens,
@@ -192,10 +196,15 @@ def driver_usage() -> dict[str, float]:
 
 
 class ProgressTimer:
-    """Logs a progress line every ``every_s`` seconds from a daemon thread until stopped."""
+    """Logs a progress line every ``every_s`` seconds from a daemon thread until stopped.
+
+    Each line ends with ``(timer tick N)``, N counting this timer's wake-ups from 1: a line from the
+    timer is told from the final one, and how many intervals had passed, without reading clocks.
+    """
 
     def __init__(self, every_s: float, line: Callable[[], str]) -> None:
         self.every_s, self.line = every_s, line
+        self.ticks = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
 
@@ -205,8 +214,9 @@ class ProgressTimer:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
+            self.ticks += 1
             try:
-                log.info(self.line())
+                log.info("%s (timer tick %d)", self.line(), self.ticks)
             except Exception as e:  # noqa: BLE001 - a progress line must never stop the run
                 log.debug("progress line failed: %s", e)
 

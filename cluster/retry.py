@@ -21,16 +21,6 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-def backoff_delays(attempts: int, base_delay: float, max_delay: float, *, jitter: bool = True) -> list[float]:
-    """The sleeps between ``attempts`` tries: doubling from ``base_delay`` up to ``max_delay``, jittered down
-    by up to half when ``jitter`` (so that many workers retrying together spread out)."""
-    delays = []
-    for attempt in range(1, attempts):
-        delay = min(max_delay, base_delay * 2 ** (attempt - 1))
-        delays.append(delay * (0.5 + random.random() / 2) if jitter else delay)
-    return delays
-
-
 def retry(
     fn: Callable[[], T],
     *,
@@ -43,6 +33,8 @@ def retry(
     sleep: Callable[[float], None] = time.sleep,
     describe: Callable[[BaseException], str] | None = None,
     logger: logging.Logger | None = None,
+    for_s: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> T:
     """Call ``fn()``, retrying transient failures with exponential backoff.
 
@@ -59,6 +51,9 @@ def retry(
         describe: Turns an exception into the text logged (e.g. with secrets redacted); default
             ``"<type>: <message>"``.
         logger: Where retries are logged; default this module's logger.
+        for_s: Retry for this long instead of a number of times (``attempts`` is then ignored): a
+            transient failure is retried while less than ``for_s`` seconds passed since the first call.
+        clock: Monotonic clock for ``for_s`` (tests pass a fake).
 
     Returns:
         What ``fn`` returns.
@@ -68,16 +63,27 @@ def retry(
             (callers wrap it with what to do).
     """
     attempts = max(1, attempts)
-    delays = backoff_delays(attempts, base_delay, max_delay, jitter=jitter)
-    for attempt in range(1, attempts + 1):
+    started = clock()
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return fn()
         except Exception as e:
-            if attempt >= attempts or not is_transient(e):
+            if not is_transient(e):
                 raise
-            delay = delays[attempt - 1]
+            delay = min(max_delay, base_delay * 2 ** min(attempt - 1, 30))
+            delay = delay * (0.5 + random.random() / 2) if jitter else delay
+            if for_s is None:
+                if attempt >= attempts:
+                    raise
+                of = f"{attempt}/{attempts}"
+            else:
+                spent = clock() - started
+                if spent >= for_s:
+                    raise
+                delay = min(delay, max(0.0, for_s - spent))
+                of = f"{attempt}, {spent:.0f} of {for_s:.0f} s"
             detail = describe(e) if describe else f"{type(e).__name__}: {e}"
-            (logger or log).warning("%s failed (attempt %d/%d, retrying in %.1f s): %s", what, attempt, attempts,
-                                    delay, detail)
+            (logger or log).warning("%s failed (attempt %s, retrying in %.1f s): %s", what, of, delay, detail)
             sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,5 +1,11 @@
 """One run of the pipeline, as the driver sees it: block references out, per-shard records in.
 
+``Run(cfg, plan).execute()`` runs a :class:`cluster.plan.Plan`: the embedded blocks go by
+reference from the embed actors to the writer actors (:mod:`cluster.writers`); the driver
+receives small per-shard records, records finished shards in the manifest, submits bulk import
+jobs, and at the end runs the id pass (duplicates, ``delete_missing``) as a Ray task. What is
+durable at each step, and what a re-run does, is argued in ``docs/exactly-once.md``.
+
 The loop takes embedded block references from Ray Data (``iter_internal_ref_bundles``: the
 driver never fetches a block) and hands them to the writer pool; every
 ``checkpoint.record_every_s`` it has the writers confirm their records (dead letters written)
@@ -14,18 +20,19 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from cluster import contract as c
-from cluster.driver import IncompleteRun, LeaseLost, Plan, RejectedInput, check_error_ratio
+from cluster.errors import DeleteRefused, IncompleteRun, LeaseLost, RejectedInput
 from cluster.progress import ProgressTimer, RunTracker
 from cluster.stages.read import IdsSink, shard_items
 
 if TYPE_CHECKING:
+    from cluster.plan import Plan
     from jobs.config import JobConfig
 
 log = logging.getLogger("jobs.embed")
 
 
 class Run:
-    """Executes a :class:`~cluster.driver.Plan` (one object per run)."""
+    """Executes a :class:`~cluster.plan.Plan` (one object per run)."""
 
     def __init__(self, cfg: JobConfig, the_plan: Plan) -> None:
         self.cfg, self.plan = cfg, the_plan
@@ -58,7 +65,9 @@ class Run:
                 self._checkpoint()
                 if self.imports is not None:
                     self.imports.finish(self._lost_shards())
+            self._check_lease()
             self._id_pass()
+            self._repair()
             check_error_ratio(cfg, self.tracker, final=True)
             self._check_complete()
             failed = False
@@ -98,7 +107,9 @@ class Run:
             self.imports = ImportGroups(cfg, p, self.tracker, record=self._record)
             settings = self.imports.writer_settings(settings)
         self.pool = WriterPool(settings, cfg.cluster.writer_count, cpus=cfg.cluster.cpus_per_writer, node_id=node,
-                               on_confirmed=self._confirmed, on_lost=self.tracker.lose)
+                               on_confirmed=self._confirmed, on_lost=self.tracker.lose,
+                               max_restarts=cfg.cluster.writer_max_restarts,
+                               start_timeout_s=cfg.cluster.writer_start_timeout_s)
         if self.imports is not None:
             self.imports.pool = self.pool
         self.counter = ray.remote(ProgressCounter).options(num_cpus=0).remote()
@@ -109,7 +120,7 @@ class Run:
             items = shard_items(p.shards, {s.path: (p.records.get(s.path) or {}).get("ids") for s in p.shards},
                                 {s.path: m.ids_rel(s.path, p.run_id) for s in p.shards},
                                 {s.path: m.pending_rel(s.path, p.run_id) for s in p.shards})
-        self.dataset = build_dataset(cfg, items, ids, self.counter)
+        self.dataset = build_dataset(cfg, items, ids, self.counter, metadata_types=dict(p.spec.metadata))
 
     def _stream(self) -> None:
         for bundle in self.dataset.iter_internal_ref_bundles():
@@ -117,11 +128,15 @@ class Run:
                 self.pool.submit(ref, tick=self._tick)
             self._tick()
 
+    def _check_lease(self, *, read: bool = False) -> None:
+        """Raise LeaseLost when another run took the lease; ``read``: look at the lease object now (fencing)."""
+        lease = self.plan.lease
+        if lease is not None and (lease.lost or (read and not lease.verify())):
+            raise LeaseLost(lease.lost)
+
     def _tick(self) -> None:
         """Between blocks: lease check, periodic checkpoint and recording, import polling."""
-        lease = self.plan.lease
-        if lease is not None and lease.lost:
-            raise LeaseLost(lease.lost)
+        self._check_lease()
         if time.monotonic() - self.last_record >= self.cfg.checkpoint.record_every_s:
             self._checkpoint()
         if self.imports is not None:
@@ -143,6 +158,7 @@ class Run:
     def _checkpoint(self) -> None:
         """Writers write their dead letters and confirm their records; then finished shards are recorded."""
         self.dead_files = self.pool.checkpoint()["dead_files"]
+        self._check_lease(read=bool(self.finished))  # fencing: a run that lost its lease records nothing more
         self.last_record = time.monotonic()
         finished, self.finished = self.finished, []
         if self.imports is not None:
@@ -192,27 +208,79 @@ class Run:
 
     # ---- the end ---------------------------------------------------------------------------------
     def _id_pass(self) -> None:
-        """Cross-shard duplicates and delete_missing, in a Ray task reading the id files."""
+        """Cross-shard duplicates and delete_missing, in a Ray task reading the id files.
+
+        Deletions run only with full knowledge: every shard of this run is done (a document that left
+        a vanished shard may have moved into one that failed or was lost), and they stay within
+        ``delete_missing_max_ratio`` of the documents the manifest knows. Otherwise the candidates
+        stay pending (vanished shards stay recorded) for the next run. Vanished shards are forgotten
+        and pending files cleared only after every deletion succeeded.
+        """
+        cfg, p, m = self.cfg, self.plan, self.plan.manifest
+        if m is None:
+            self.tracker.cross_shard_duplicates = None if len(p.shards) > 1 else 0
+            return
+        done = [(path, st.info["ids"]) for path, st in self.tracker.shards.items() if st.ok and st.info.get("ids")]
+        processed = [rel for _, rel in done]
+        kept = [(p.records.get(path) or {}).get("ids") for path in p.kept]
+        pending = m.pending() if cfg.delete_missing else []
+        candidates = pending + [r["ids"] for path in p.vanished if (r := p.records[path]).get("ids")] \
+            if cfg.delete_missing else []
+        unfinished = [path for path, st in self.tracker.shards.items() if not st.ok]
+        if candidates and unfinished:
+            log.warning("delete_missing held back: %d shard(s) of this run did not complete (e.g. %s), and documents "
+                        "that left other shards may have moved there; the deletions stay pending for a run in which "
+                        "every shard completes", len(unfinished), unfinished[0])
+            self.tracker.deletes_held = len(candidates)
+            candidates = []
+        if len(processed) < 2 and not candidates:
+            return
+        known = sum(int(r.get("docs_unique") or r.get("docs") or 0) for r in p.records.values() if m.done(r))
+        result = self._run_id_pass(processed, [k for k in kept if k], candidates,
+                                   max_delete=int(cfg.delete_missing_max_ratio * known),
+                                   processed_paths=[path for path, _ in done])
+        if result["repairs"]:
+            self._record_repairs(result["repairs"])
+        if result["distinct"] is not None:
+            total = sum(int(st.info.get("docs_unique") or 0) for st in self.tracker.shards.values() if st.ok)
+            self.tracker.cross_shard_duplicates = total - result["distinct"]
+        if result.get("refused"):
+            self.tracker.deletes_held = len(candidates)
+            raise DeleteRefused(
+                f"delete_missing would delete {result['refused']} document(s), more than delete_missing_max_ratio="
+                f"{cfg.delete_missing_max_ratio} of the {known} the manifest knows; nothing was deleted. If the "
+                "source listing is right (not a partial sync or a wrong prefix), raise delete_missing_max_ratio "
+                "(e.g. --set delete_missing_max_ratio=1) and run again")
+        self.tracker.docs_deleted = result["docs_deleted"]
+        self.tracker.chunks_deleted = result["chunks_deleted"]
+        self.tracker.delete_failures = result["delete_failures"]
+        if not candidates:
+            return
+        if result["docs_deleted"]:
+            log.info("deleted the chunks of %d document(s) no longer in the source", result["docs_deleted"])
+        if result["delete_failures"]:
+            log.error("%d deletion(s) failed; the vanished shards and pending deletions stay recorded and the next "
+                      "run tries them again", result["delete_failures"])
+            return
+        self._check_lease(read=True)  # fencing: only the lease holder changes the manifest
+        for path in p.vanished:
+            m.forget(p.records[path])
+        m.clear_pending(pending)
+
+    def _run_id_pass(self, processed: list[str], kept: list[str], candidates: list[str],
+                     max_delete: int, processed_paths: list[str]) -> dict[str, Any]:
         import ray
 
         from cluster.stages.idpass import IdPass, run_id_pass
 
         cfg, p, m = self.cfg, self.plan, self.plan.manifest
-        if m is None:
-            self.tracker.cross_shard_duplicates = None if len(p.shards) > 1 else 0
-            return
-        processed = [st.info["ids"] for st in self.tracker.shards.values() if st.ok and st.info.get("ids")]
-        kept = [(p.records.get(path) or {}).get("ids") for path in p.kept]
-        candidates: list[str] = []
-        pending = m.pending() if cfg.delete_missing else []
-        if cfg.delete_missing:
-            candidates = pending + [r["ids"] for path in p.vanished if (r := p.records[path]).get("ids")]
-        if len(processed) < 2 and not candidates:
-            return
+        assert m is not None
+        self._check_lease(read=bool(candidates))  # fencing: only the lease holder deletes
         job = IdPass(store_uri=m.uri, storage_options=dict(cfg.checkpoint.storage_options or
                                                            cfg.source.storage_options),
-                     processed=processed, kept=[k for k in kept if k], candidates=candidates,
-                     count_duplicates=len(processed) > 1, delete=bool(candidates), milvus=p.milvus, spec=p.spec,
+                     processed=processed, processed_paths=processed_paths, kept=kept, candidates=candidates,
+                     count_duplicates=len(processed) > 1,
+                     delete=bool(candidates), max_delete=max_delete, milvus=p.milvus, spec=p.spec,
                      errors_uri=cfg.errors.uri, errors_options=dict(cfg.source.storage_options), run_id=p.run_id)
         options: dict[str, Any] = {"num_cpus": 0.5, "max_retries": 0}
         if p.lite is not None:
@@ -220,19 +288,93 @@ class Run:
 
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
                 node_id=ray.get_runtime_context().get_node_id(), soft=False)
-        result = ray.get(ray.remote(run_id_pass).options(**options).remote(job))
-        if result["distinct"] is not None:
-            total = sum(int(st.info.get("docs_unique") or 0) for st in self.tracker.shards.values() if st.ok)
-            self.tracker.cross_shard_duplicates = total - result["distinct"]
-        self.tracker.docs_deleted = result["docs_deleted"]
-        self.tracker.chunks_deleted = result["chunks_deleted"]
-        self.tracker.delete_failures = result["delete_failures"]
-        if cfg.delete_missing:
-            if result["docs_deleted"]:
-                log.info("deleted the chunks of %d document(s) no longer in the source", result["docs_deleted"])
-            for path in p.vanished:
-                m.forget(p.records[path])
-            m.clear_pending(pending)
+        return ray.get(ray.remote(run_id_pass).options(**options).remote(job))
+
+    # ---- ids found in several shards -------------------------------------------------------------
+    def _record_repairs(self, files: dict[str, str]) -> None:
+        """Record the repairs before doing them: a run that dies before they are done leaves them to the next."""
+        m = self.plan.manifest
+        assert m is not None
+        self._check_lease(read=True)
+        repairs = m.repairs()
+        for path, rel in files.items():
+            s = self.by_path[path]
+            old = repairs.get(path)
+            if old and old["file"] != rel:
+                m.store.delete(old["file"])
+            repairs[path] = {"file": rel, "format": s.format, "size": s.size, "version": s.version}
+        m.put_repairs(repairs)
+
+    def _repair(self) -> None:
+        """Write again, after everything else, the winning version of each id held by several shards.
+
+        Within a run the version in the shard whose path sorts last wins, whatever order the writers
+        wrote in: its chunks are upserted once more, after the stream, and chunks beyond its count
+        that a longer version left are deleted by key (in bulk-import mode, where both versions were
+        inserted, the upsert replaces both rows of each key). Recorded repairs of an earlier run
+        whose shard is unchanged are done too; a shard that changed or vanished since is not repaired
+        (the run that processes it decides again).
+        """
+        import ray
+
+        from cluster.pipeline import build_dataset
+        from cluster.source import Shard
+        from cluster.stages.read import IdsSink, shard_items
+        from cluster.stages.write import WriterSettings
+        from cluster.writers import WriterPool
+
+        cfg, p, m = self.cfg, self.plan, self.plan.manifest
+        if m is None:
+            return
+        repairs = m.repairs()
+        if not repairs:
+            return
+        shards, stale = [], []
+        kept = set(p.kept)
+        for path, e in repairs.items():
+            now = self.by_path.get(path)  # processed in this run
+            if now is not None:
+                fresh = self.tracker.shards[path].ok and (now.size, now.version) == (e["size"], e["version"])
+            else:
+                rec = p.records.get(path) or {}
+                fresh = path in kept and (rec.get("size"), rec.get("version")) == (e["size"], e["version"])
+            if fresh:
+                shards.append(Shard(path=path, format=e["format"], size=e["size"], version=e["version"]))
+            else:
+                stale.append(path)
+        if stale:
+            log.info("%d recorded repair(s) dropped: their shard changed or vanished since", len(stale))
+        rows = 0
+        if shards:
+            log.info("writing again the winning versions of ids held by several shards (%d shard(s))", len(shards))
+            node = ray.get_runtime_context().get_node_id() if p.lite is not None else None
+            settings = WriterSettings(milvus=p.milvus, spec=p.spec, errors=cfg.errors, dead_letter_options={},
+                                      run_id=f"{p.run_id}-repair", replaces_rows=True)
+            lost: list[Any] = []
+            written: list[int] = []
+            pool = WriterPool(settings, 1, cpus=cfg.cluster.cpus_per_writer, node_id=node,
+                              on_confirmed=lambda rec: written.append(
+                                  sum(s.get("rows_written", 0) for s in rec["shards"].values())),
+                              on_lost=lost.extend, max_restarts=0,
+                              start_timeout_s=cfg.cluster.writer_start_timeout_s)
+            try:
+                items = shard_items(shards, {}, {}, {}, {s.path: repairs[s.path]["file"] for s in shards})
+                ids = IdsSink(m.uri, dict(cfg.checkpoint.storage_options or cfg.source.storage_options))
+                dataset = build_dataset(cfg, items, ids, None, metadata_types=dict(p.spec.metadata))
+                for bundle in dataset.iter_internal_ref_bundles():
+                    for ref in bundle.block_refs:
+                        pool.submit(ref, tick=self._check_lease)
+                pool.drain(tick=self._check_lease)
+                pool.checkpoint()
+            finally:
+                pool.close(graceful=True)
+            if lost:
+                raise IncompleteRun("the writer of the repair pass died; the repairs stay recorded and the next "
+                                    "run does them")
+            rows = sum(written)
+        self._check_lease(read=True)
+        m.clear_repairs(repairs)
+        self.tracker.repaired_rows = rows
 
     def _salvage(self) -> None:
         """On the failure path: writes in flight finish, dead letters are written, finished shards recorded.
@@ -271,3 +413,13 @@ class Run:
             except Exception:  # noqa: BLE001 - the line shows what is known
                 pass
         return self.tracker.progress_line(self.pool.unconfirmed_rows if self.pool is not None else 0)
+
+
+def check_error_ratio(cfg: JobConfig, tracker: RunTracker, *, final: bool) -> None:
+    if final and tracker.shards and tracker.shards_failed == len(tracker.shards):
+        raise RejectedInput(f"every shard ({len(tracker.shards)}) failed to read; see the dead-letter files under "
+                            f"{cfg.errors.uri} or the log")
+    read = tracker.docs_read
+    if read and (final or read >= 1000) and tracker.docs_failed / read > cfg.errors.max_error_ratio:
+        raise RejectedInput(f"{tracker.docs_failed} of {read} documents rejected, more than errors.max_error_ratio="
+                            f"{cfg.errors.max_error_ratio}; see the dead-letter files under {cfg.errors.uri}")

@@ -59,6 +59,11 @@ class ClusterConfig:
     ship_code: bool = doc("When the driver joins a running cluster from a checkout (not under ray job submit): "
                           "ship the checkout to the workers as Ray's working_dir. false: the project is installed "
                           "(or on a shared filesystem) on every node.", True)
+    writer_max_restarts: int = doc("Times Ray may restart one writer actor that died (its unconfirmed shards are "
+                                   "redone by the next run); past that the run fails (exit 1).", 3)
+    writer_start_timeout_s: float = doc("Longest wait for the writer actors to start; a writer that cannot be "
+                                        "scheduled (no node with its resources) fails the run with a message "
+                                        "naming what it asked for.", 300.0)
     inject_actor_exit: str | None = doc("Fault injection for tests: a marker file path; the first embed actor to "
                                         "find it missing creates it and exits in the middle of its second batch.")
 
@@ -70,6 +75,8 @@ class ClusterConfig:
                              ">= 0")
         if self.writers is not None and self.writers < 1:
             raise ValueError("cluster.writers must be >= 1 (or empty: one per worker)")
+        if self.writer_max_restarts < 0 or self.writer_start_timeout_s <= 0:
+            raise ValueError("cluster.writer_max_restarts must be >= 0 and cluster.writer_start_timeout_s > 0")
 
     @property
     def writer_count(self) -> int:
@@ -94,8 +101,12 @@ class MilvusConfig:
     mode: Literal["upsert", "bulk_import"] = doc("upsert (rows over the API) or bulk_import (parquet files "
                                                  "imported by a Milvus server).", "upsert")
     write_batch_rows: int = doc("Most rows in one upsert request (requests also stay under 64 MB).", 1000)
-    write_attempts: int = doc("Tries of a Milvus request that fails for a passing reason (server down, overloaded), "
-                              "with backoff from 0.5 s doubling to 8 s: the default 6 rides out ~15 s of outage.", 6)
+    outage_s: float = doc("How long a Milvus request that fails for a passing reason (server down, restarting, "
+                          "overloaded) is retried, with backoff from 0.5 s doubling to 15 s, before the run fails "
+                          "(exit 1, resumable).", 300.0)
+    write_journal: str | None = doc("Audit: a local folder where every process appends, per upsert and delete "
+                                    "request, the primary keys it sent (JSON lines). For tests and incident "
+                                    "analysis, not for production volumes.")
     max_request_bytes: int = doc("Size limit of one upsert request.", 48 * 1024 * 1024)
     bulk_uri: str | None = doc("bulk_import: s3://bucket/prefix the Milvus server can read for import files.")
     bulk_storage_options: dict[str, object] = doc("bulk_import: s3 options (endpoint_url, key, secret) for bulk_uri.",
@@ -127,8 +138,8 @@ class MilvusConfig:
                              "use mode: upsert with a local path")
         if self.mode == "bulk_import" and not self.bulk_uri:
             raise ValueError("milvus.mode bulk_import needs milvus.bulk_uri (s3://bucket/prefix the server can read)")
-        if self.write_attempts < 1:
-            raise ValueError("milvus.write_attempts must be >= 1")
+        if self.outage_s < 0:
+            raise ValueError("milvus.outage_s must be >= 0")
         if self.import_group_shards < 1:
             raise ValueError("milvus.import_group_shards must be >= 1")
         if not 1 <= self.import_max_running_jobs <= 1024:

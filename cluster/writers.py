@@ -29,6 +29,7 @@ class _Slot:
     incarnation: str | None = None
     calls: dict[Any, str] = field(default_factory=dict)  # in-flight write refs -> "write"
     pending: list[dict[str, Any]] = field(default_factory=list)  # records not yet confirmed
+    failed_calls: int = 0  # calls lost with a dying incarnation
 
 
 class WriterPool:
@@ -46,11 +47,15 @@ class WriterPool:
 
     def __init__(self, settings: WriterSettings, n: int, *, cpus: float, node_id: str | None,
                  on_confirmed: Callable[[dict[str, Any]], None], on_lost: Callable[[list[dict[str, Any]]], None],
-                 in_flight: int = 2) -> None:
+                 in_flight: int = 2, max_restarts: int = 3, start_timeout_s: float = 300.0) -> None:
         import ray
 
-        options: dict[str, Any] = {"num_cpus": cpus, "max_restarts": -1, "max_task_retries": 0,
+        options: dict[str, Any] = {"num_cpus": cpus, "max_restarts": max_restarts, "max_task_retries": 0,
                                    "max_concurrency": 1}
+        self.max_restarts = max_restarts
+        self.asked = f"{cpus} CPU" + (f" on node {node_id} (where the job's milvus-lite server runs)"
+                                      if node_id else "")
+        self.start_timeout_s = start_timeout_s
         if node_id is not None:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -70,6 +75,12 @@ class WriterPool:
         import ray
 
         pings, self._pings = self._pings, None
+        ready, waiting = ray.wait(pings, num_returns=len(pings), timeout=self.start_timeout_s)
+        if waiting:
+            raise WriterError(f"{len(waiting)} of {len(pings)} writer actor(s) did not start within "
+                              f"{self.start_timeout_s:.0f} s (cluster.writer_start_timeout_s); each asks for "
+                              f"{self.asked}: check that the cluster has a node with those resources "
+                              "(cluster.cpus_per_writer) and `ray status`")
         for slot, inc in zip(self.slots, ray.get(pings)):
             slot.incarnation = inc
 
@@ -107,6 +118,12 @@ class WriterPool:
                 log.warning("writer %d died during a write (%s); its unconfirmed blocks cannot complete in this run",
                             self.slots.index(slot), type(e).__name__)
                 self._lose(slot)
+                slot.failed_calls += 1
+                if slot.failed_calls > (self.max_restarts + 1) * self.in_flight:
+                    raise WriterError(f"writer {self.slots.index(slot)} keeps dying ({slot.failed_calls} calls lost, "
+                                      f"cluster.writer_max_restarts={self.max_restarts}); see its log (Ray's "
+                                      "logs/worker-*.err) for the cause; finished shards are recorded, run again "
+                                      "to resume") from e
                 continue
             except ray.exceptions.RayTaskError as e:
                 raise WriterError(str(e.cause) if getattr(e, "cause", None) else str(e)) from e

@@ -72,12 +72,6 @@ class DeviceOut:
     sparse: DeviceSparse | None
 
 
-def transformer_first(st: Any) -> bool:
-    """True when the module chain starts with the transformer itself (what packed batches need)."""
-    first = next(iter(st.children()), None)
-    return first is not None and getattr(first, "model", None) is st.transformers_model
-
-
 def position_offset(hf_model: Any) -> int:
     """First position id: padding_idx + 1 for RoBERTa-style learned positions (XLM-R), else 0."""
     import torch

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from jobs.config import ConfigError, JobConfig, load_config
 
 if TYPE_CHECKING:
-    from cluster.driver import Plan
+    from cluster.plan import Plan
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_REJECTED = 0, 1, 2, 3
 log = logging.getLogger("jobs")
@@ -89,14 +89,14 @@ class Signals:
 def plan_or_exit_code(cfg: JobConfig, logger: logging.Logger,
                       check: Callable[[JobConfig, Plan], Any] | None = None) -> Plan | int:
     """Plan the run and run ``check(cfg, plan)``; an exit code when something stops it before any work."""
-    from cluster import driver
     from cluster.manifest import LeaseHeld, ManifestCorrupt, StoreUnreachable
     from cluster.milvus import MilvusConnectError
+    from cluster.plan import plan
     from cluster.source import SourceError
 
     the_plan = None
     try:
-        the_plan = driver.plan(cfg)
+        the_plan = plan(cfg)
         if check is not None:
             check(cfg, the_plan)
         return the_plan
@@ -135,8 +135,9 @@ def execute(cfg: JobConfig, logger: logging.Logger, summary_path: Path | None, *
     Nothing is left behind on any path: the lease is released, the job's milvus-lite server
     stopped, and a local Ray this process started is shut down.
     """
-    from cluster import driver
-    from jobs.embed import check_cluster_paths, init_ray
+    from cluster.errors import DeleteRefused, IncompleteRun, LeaseLost, RejectedInput
+    from cluster.run import Run
+    from jobs.ray_session import check_cluster_paths, init_ray
 
     signals = Signals().install()
     the_plan: Plan | int | None = None
@@ -152,21 +153,25 @@ def execute(cfg: JobConfig, logger: logging.Logger, summary_path: Path | None, *
             return the_plan
         ray_started = init_ray(cfg)
         signals.install()  # Ray's start-up may have installed handlers of its own
-        summary = driver.run(cfg, the_plan)
+        summary = Run(cfg, the_plan).execute()
         if after is not None:
             summary = after(the_plan, summary)
     except Interrupted as e:
         logger.error("stopped by %s; finished shards are recorded: run again to resume", e.name)
         write_summary(summary_path, getattr(e, "summary", None) or summary, failed=True, interrupted=e.name)
         return 128 + e.signum
-    except driver.RejectedInput as e:
+    except RejectedInput as e:
         logger.error("stopped: %s (finished shards are recorded; fix the input and run again to resume)", e)
         write_summary(summary_path, getattr(e, "summary", None), failed=True)
         return EXIT_FAILED
-    except (driver.IncompleteRun, driver.LeaseLost) as e:
+    except (IncompleteRun, LeaseLost) as e:
         logger.error("stopped: %s", e)
         write_summary(summary_path, getattr(e, "summary", None), failed=True)
         return EXIT_FAILED
+    except DeleteRefused as e:
+        logger.error("stopped: %s", e)
+        write_summary(summary_path, getattr(e, "summary", None), failed=True)
+        return EXIT_INVALID
     except Exception as e:
         logger.exception("the run failed")
         write_summary(summary_path, getattr(e, "summary", None) or summary, failed=True)

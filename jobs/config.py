@@ -52,7 +52,10 @@ class JobConfig:
         "full: embed every shard (an interrupted run resumes from the manifest; after a finished run the next "
         "one starts over); incremental: only shards that are new or changed since earlier runs.", "full")
     delete_missing: bool = doc("incremental: delete from the collection the documents whose shard disappeared "
-                               "or that vanished from a changed shard.", False)
+                               "or that vanished from a changed shard, once every shard of the run is done.", False)
+    delete_missing_max_ratio: float = doc("delete_missing refuses (exit 2) to delete more than this share of the "
+                                          "documents the manifest knows in one run (a listing that shrank by "
+                                          "mistake, a wrong prefix); raise it for a deliberate mass deletion.", 0.1)
     log_every_s: float = doc("Seconds between progress lines.", 10.0)
 
 
@@ -86,6 +89,8 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (),
     cfg = build(JobConfig, raw, "")
     if cfg.delete_missing and cfg.mode != "incremental":
         raise ConfigError("delete_missing needs mode: incremental")
+    if not 0 <= cfg.delete_missing_max_ratio <= 1:
+        raise ConfigError(f"delete_missing_max_ratio must be in 0..1, got {cfg.delete_missing_max_ratio}")
     if cfg.milvus.mode == "bulk_import" and cfg.mode == "incremental":
         raise ConfigError("milvus.mode bulk_import inserts (it cannot replace changed documents): use it for "
                           "full loads into a new collection, and mode: incremental with milvus.mode upsert")

@@ -66,7 +66,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pymilvus import DataType, MilvusClient
 
-from cluster.source.filesystem import filesystem
+from embedder.storage import filesystem
 
 PREFIX = "/v2/vectordb/jobs/import/"
 MAX_FILES_PER_JOB = 1024

@@ -81,8 +81,9 @@ def iter_batches(fs: Any, path: str, rows: int = BATCH_ROWS) -> Iterator[pa.Arra
                 yield batch.column(0)
 
 
-def _merge(fs: Any, paths: Sequence[str], out: str | None, rows: int) -> int:
-    """Distinct ids of ``paths`` (each sorted and unique); written sorted to ``out`` when given."""
+def _merge(fs: Any, paths: Sequence[str], out: str | None, rows: int, repeated: list[pa.Array] | None = None) -> int:
+    """Distinct ids of ``paths`` (each sorted and unique); written sorted to ``out`` when given; the ids found
+    in more than one of the files appended to ``repeated`` when given."""
     streams = [iter_batches(fs, p, rows) for p in paths]
     arrays: list[pa.Array | None] = [next(s, None) for s in streams]
     values: list[list[str]] = [a.to_pylist() if a is not None else [] for a in arrays]
@@ -106,8 +107,12 @@ def _merge(fs: Any, paths: Sequence[str], out: str | None, rows: int) -> int:
                     arrays[i] = next(streams[i], None)
                     values[i] = arrays[i].to_pylist() if arrays[i] is not None else []
                     pos[i] = 0
-            merged = pc.unique(pa.concat_arrays(parts))
+            joined = pa.concat_arrays(parts)
+            merged = pc.unique(joined)
             distinct += len(merged)
+            if repeated is not None and len(merged) < len(joined):
+                counts = pc.value_counts(joined)
+                repeated.append(counts.field("values").filter(pc.greater(counts.field("counts"), 1)))
             if writer is not None:
                 writer.write_table(pa.table({c.DOC_ID: merged.take(pc.sort_indices(merged))}))
     finally:
@@ -117,8 +122,13 @@ def _merge(fs: Any, paths: Sequence[str], out: str | None, rows: int) -> int:
 
 
 def distinct_count(fs: Any, paths: Sequence[str], scratch: str, *, fan_in: int = FAN_IN, rows: int = BATCH_ROWS,
-                   run: Callable[[list[tuple[list[str], str]]], list[int]] | None = None) -> int:
-    """How many different ids the files hold together.
+                   run: Callable[[list[tuple[list[str], str]]], list[int]] | None = None,
+                   repeated: list[pa.Array] | None = None) -> int:
+    """How many different ids the files hold together (and, into ``repeated``, which ids more than one holds).
+
+    Each file is unique, so an id counted twice in one merge is in two files; a merged
+    intermediate file is unique again, so an id in two groups of a wide merge is found at the next
+    level: the union over the levels is every id held by more than one file.
 
     Args:
         fs: The filesystem of the files.
@@ -127,20 +137,22 @@ def distinct_count(fs: Any, paths: Sequence[str], scratch: str, *, fan_in: int =
         fan_in: Files merged at once; memory is about ``fan_in x rows`` ids.
         rows: Ids read from a file at a time.
         run: Runs a level's merges ``[(paths, out), ...] -> [distinct, ...]``, e.g. as parallel Ray
-            tasks; default: one after the other in this process.
+            tasks; default: one after the other in this process (``repeated`` needs the default).
+        repeated: When given, arrays of the ids held by more than one file are appended to it.
     """
     paths = list(paths)
     if len(paths) <= fan_in:
-        return _merge(fs, paths, None, rows) if paths else 0
+        return _merge(fs, paths, None, rows, repeated) if paths else 0
     level = [(paths[i:i + fan_in], f"{scratch}/merge-{uuid.uuid4().hex}.parquet") for i in range(0, len(paths), fan_in)]
     fs.makedirs(scratch, exist_ok=True)
     try:
         if run is None:
             for group, out in level:
-                _merge(fs, group, out, rows)
+                _merge(fs, group, out, rows, repeated)
         else:
             run([(list(g), o) for g, o in level])
-        return distinct_count(fs, [o for _, o in level], scratch, fan_in=fan_in, rows=rows, run=run)
+        return distinct_count(fs, [o for _, o in level], scratch, fan_in=fan_in, rows=rows, run=run,
+                              repeated=repeated)
     finally:
         for _, out in level:
             if fs.exists(out):
@@ -150,6 +162,24 @@ def distinct_count(fs: Any, paths: Sequence[str], scratch: str, *, fan_in: int =
 def merge_files(fs: Any, paths: list[str], out: str, rows: int = BATCH_ROWS) -> int:
     """One merge of a level (for ``distinct_count(run=...)`` callers that run merges elsewhere)."""
     return _merge(fs, paths, out, rows)
+
+
+def locate(fs: Any, paths: Sequence[str], candidates: pa.Array, rows: int = BATCH_ROWS) -> pa.Table:
+    """Where the candidates occur: ``doc_id``, ``file`` (index into ``paths``), ``n_chunks``, one row per hit
+    (memory: the candidates, their hits and one batch)."""
+    candidates = pc.unique(candidates.cast(pa.string()))
+    parts = []
+    for i, path in enumerate(paths):
+        with fs.open(path, "rb") as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=rows, columns=[c.DOC_ID, c.N_CHUNKS]):
+                hit = pc.is_in(batch.column(0), value_set=candidates)
+                if pc.any(hit).as_py():
+                    sel = pa.Table.from_batches([batch]).filter(hit)
+                    parts.append(sel.append_column("file", pa.array(np.full(sel.num_rows, i, np.int32))))
+    if not parts:
+        return pa.table({c.DOC_ID: pa.array([], pa.string()), c.N_CHUNKS: pa.array([], pa.int32()),
+                         "file": pa.array([], pa.int32())})
+    return pa.concat_tables(parts)
 
 
 def present(fs: Any, paths: Sequence[str], candidates: pa.Array, rows: int = BATCH_ROWS) -> pa.Array:

@@ -1,8 +1,10 @@
 """One run per target at a time: a lease object with owner, heartbeat and expiry.
 
 The lease lives at ``<checkpoint.uri>/leases/<target>.json``, where ``<target>`` hashes the
-Milvus uri (credentials removed), database and collection, so every run writing that collection
-through this checkpoint storage meets it. A run:
+Milvus uri in one spelling (:func:`normalized_target`: ``localhost`` and ``127.0.0.1`` are one
+server), database and collection, so every run writing that collection through this checkpoint
+storage meets it. Runs with *different* checkpoint folders do not meet here: that is what the
+collection's holder property is for (:mod:`cluster.milvus.holder`, a best-effort guard). A run:
 
 1. creates the lease (only if absent); if it exists and is alive, stops with :class:`LeaseHeld`
    naming the holder (host, pid, run, mode, since when);
@@ -35,11 +37,34 @@ class LeaseHeld(RuntimeError):
     """Another run holds the lease of this target."""
 
 
-def target_key(milvus_uri: str, db_name: str | None, collection: str) -> str:
-    """The lease name of a target collection (no credentials in it)."""
-    from cluster.milvus.errors import redact
+_LOOPBACK = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "ip6-localhost"}
+_DEFAULT_PORT = {"http": 19530, "https": 443, "tcp": 19530, "grpc": 19530}
 
-    text = f"{redact(milvus_uri)}|{db_name or ''}|{collection}"
+
+def normalized_target(milvus_uri: str) -> str:
+    """The Milvus target as one spelling: ``http://127.0.0.1:19530/`` and ``http://localhost:19530`` are the
+    same server, and so are two spellings of one milvus-lite folder (credentials removed).
+
+    Loopback names and addresses become ``loopback``, a missing port the scheme's default, host
+    names lower case; a local path becomes its absolute, resolved form.
+    """
+    from urllib.parse import urlsplit
+
+    if "://" not in milvus_uri:
+        return "file:" + os.path.realpath(os.path.expanduser(milvus_uri))
+    parts = urlsplit(milvus_uri)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if host in _LOOPBACK or host.startswith("127."):
+        host = "loopback"
+    port = parts.port or _DEFAULT_PORT.get(scheme, 0)
+    scheme = "https" if scheme == "https" else "milvus"  # http, tcp and grpc reach the same port
+    return f"{scheme}://{host}:{port}{parts.path.rstrip('/')}"
+
+
+def target_key(milvus_uri: str, db_name: str | None, collection: str) -> str:
+    """The lease name of a target collection: one name however its uri is spelled (no credentials in it)."""
+    text = f"{normalized_target(milvus_uri)}|{db_name or 'default'}|{collection}"
     return f"{collection}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
@@ -72,6 +97,7 @@ class Lease:
         self.lost: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.on_beat: Callable[[], None] | None = None  # also called after each renewal (the collection's holder)
 
     @property
     def uri(self) -> str:
@@ -134,6 +160,21 @@ class Lease:
             _, self.version = self.store.get_json_versioned(self.rel)
         return True
 
+    def verify(self) -> bool:
+        """Read the lease object now: False (and :attr:`lost` set) when another run holds it.
+
+        The fence before a manifest commit or a deletion: the heartbeat notices a takeover only
+        every ``ttl_s / 4``; this costs one read, done once per checkpoint, not per shard.
+        """
+        if self.lost:
+            return False
+        current = self.store.get_json(self.rel)
+        if current is None or current.get("nonce") != self.nonce:
+            self.lost = (f"the lease {self.uri} is now held by {describe(current) if current else 'nobody'} "
+                         "(this run was presumed dead)")
+            return False
+        return True
+
     def start_heartbeat(self) -> None:
         """Renew from a daemon thread until :meth:`release`."""
         def beat() -> None:
@@ -142,6 +183,8 @@ class Lease:
                     if not self.renew():
                         log.error("%s", self.lost)
                         return
+                    if self.on_beat is not None:
+                        self.on_beat()
                 except Exception as e:  # noqa: BLE001 - a storage hiccup: try again next beat
                     log.warning("could not renew the lease %s: %s", self.uri, e)
 

@@ -160,6 +160,22 @@ class Manifest:
         for rel in files:
             self.store.delete(rel)
 
+    # ---- repairs of ids found in several shards -------------------------------------------------
+    def repair_rel(self, path: str, run_id: str) -> str:
+        return f"repairs/{shard_key(path)}-{run_id}.parquet"
+
+    def repairs(self) -> dict[str, dict[str, Any]]:
+        """Shards whose winning versions of repeated ids must be written again: path -> shard and id file."""
+        return dict(self.store.get_json("repairs.json") or {})
+
+    def put_repairs(self, repairs: dict[str, dict[str, Any]]) -> None:
+        self.store.put_json("repairs.json", repairs)
+
+    def clear_repairs(self, repairs: dict[str, dict[str, Any]]) -> None:
+        self.store.delete("repairs.json")
+        for entry in repairs.values():
+            self.store.delete(entry["file"])
+
     # ---- run state -------------------------------------------------------------------------------
     def run_finished(self) -> bool:
         """True when the last run of this identity finished (a full run then starts a new generation)."""

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from cluster.source.filesystem import filesystem, full_path
+from embedder.storage import filesystem, full_path
 
 
 class ManifestCorrupt(RuntimeError):
@@ -209,11 +209,19 @@ def _dump(obj: Any) -> bytes:
     return (json.dumps(obj, sort_keys=True, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
 
 
+_CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
+
+
 def _precondition_failed(error: BaseException) -> bool:
+    """A conditional write lost its condition: HTTP 412 (or S3's 409 ConditionalRequestConflict), read from
+    the botocore response in the error's chain (s3fs wraps it in an OSError), never from message text."""
     current: BaseException | None = error
     while current is not None:
-        text = f"{type(current).__name__} {current}"
-        if "PreconditionFailed" in text or "412" in text or "Precondition" in text:
-            return True
+        response = getattr(current, "response", None)
+        if isinstance(response, dict):
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            code = (response.get("Error") or {}).get("Code")
+            if status == 412 or code in _CONFLICT_CODES:
+                return True
         current = current.__cause__ or current.__context__
     return False

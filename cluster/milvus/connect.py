@@ -72,12 +72,13 @@ def lite_path(uri: str) -> Path:
     return path
 
 
-def connect(cfg: MilvusConfig, *, timeout: float | None = 10.0) -> MilvusClient:
+def connect(cfg: MilvusConfig, *, timeout: float | None = 10.0, dedicated: bool = False) -> MilvusClient:
     """Open a client for ``cfg.uri``.
 
     Args:
         cfg: The ``milvus`` section of the job's configuration.
         timeout: Seconds to wait for the server to answer the first call.
+        dedicated: A connection of its own (pymilvus otherwise shares one per uri and token, idle or not).
 
     Returns:
         A ``MilvusClient``: embedded milvus-lite for a local path, else connected to the server.
@@ -101,7 +102,7 @@ def connect(cfg: MilvusConfig, *, timeout: float | None = 10.0) -> MilvusClient:
         where = f"Milvus server {redact(cfg.uri, secrets)}" + (f" (database {cfg.db_name!r})" if cfg.db_name else "")
         hint = "check milvus.uri, that the server is up and reachable, milvus.token / MILVUS_TOKEN and milvus.db_name"
     try:
-        client = MilvusClient(timeout=timeout, **kwargs)
+        client = MilvusClient(timeout=timeout, dedicated=dedicated, **kwargs)
     except Exception as e:  # noqa: BLE001 - any failure to open is reported the same way
         detail = redact(f"{type(e).__name__}: {e}", secrets)
         error = MilvusConnectError(f"cannot open {where}: {detail}; {hint}")
@@ -109,7 +110,9 @@ def connect(cfg: MilvusConfig, *, timeout: float | None = 10.0) -> MilvusClient:
             raise error from None  # the cause echoes the token: do not chain it
         raise error from e
     log.info("connected to %s", where)
-    return client
+    from cluster.milvus.strict import CheckedClient
+
+    return CheckedClient(client, cfg.write_journal)  # type: ignore[return-value]
 
 
 def is_lite_client(client: MilvusClient) -> bool:

@@ -20,7 +20,7 @@ The file layout is what Milvus' parquet import reader accepts (sources in docs/m
 * ``sparse``: a JSON string ``{"indices":[...],"values":[...]}`` per row, the format pymilvus'
   own bulk writer produces and every Milvus with sparse import reads; the weights are printed
   as float64 decimals, so they parse back to the exact float32. An empty sparse row gets the
-  placeholder weight of :func:`cluster.milvus.rows.with_empty_placeholder`;
+  placeholder weight of :func:`cluster.milvus.payload.with_empty_placeholder`;
 * row groups of about 32 MB (pymilvus' value, to bound the server's reader memory); files of
   at most 16 GiB (``dataNode.import.maxImportFileSizeInGB``).
 """
@@ -41,10 +41,10 @@ from fsspec.implementations.local import LocalFileSystem
 from pymilvus import DataType
 
 from cluster import contract as C
-from cluster.milvus import rows as R
+from cluster.milvus import payload as R
 from cluster.milvus.schema import METADATA_VARCHAR_MAX_LENGTH, CollectionSpec
-from cluster.source.filesystem import full_path
-from cluster.source.retrying import retry
+from cluster.source.storage_retry import retry
+from embedder.storage import full_path
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class ImportFiles:
 
     Args:
         spec: The target collection; its fields decide the columns.
-        fs: Filesystem of ``root``, from :func:`cluster.source.filesystem.filesystem` (the bucket
+        fs: Filesystem of ``root``, from :func:`embedder.storage.filesystem` (the bucket
             Milvus imports from: ``minio.bucketName`` of the server).
         root: Folder on ``fs`` (``bucket/prefix`` on S3) the files are uploaded under.
         name: File-name prefix, unique per writer: files are ``root/name-00000.parquet``...

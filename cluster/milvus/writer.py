@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from pymilvus import MilvusClient, MilvusException, MilvusUnavailableException
 
 from cluster import contract as C
-from cluster.milvus import rows as R
+from cluster.milvus import payload as R
 from cluster.milvus.connect import token_of
 from cluster.milvus.errors import MilvusWriteError, redact, secrets_of
 from cluster.milvus.schema import CollectionSpec
@@ -65,6 +65,22 @@ def split_requests(row_bytes: np.ndarray, max_rows: int, max_bytes: int) -> list
     return spans
 
 
+def last_per_key(table: pa.Table) -> pa.Table:
+    """One row per primary key, the last one (a Milvus 2.6 server refuses a request that repeats a key).
+
+    Within a shard the read stage already keeps one row per document; two shards that hold the same
+    document id can still meet in one block: the row that comes last in the block is written.
+    """
+    pks = table.column(C.PK)
+    if pc.count_distinct(pks).as_py() == table.num_rows:
+        return table
+    idx = pa.table({"k": pks, "i": pa.array(np.arange(table.num_rows))}).group_by("k").aggregate([("i", "max")])
+    keep = np.sort(idx.column("i_max").to_numpy())
+    log.info("%d row(s) repeat a primary key of the same block (one document id in two shards); the last is written",
+             table.num_rows - len(keep))
+    return table.take(pa.array(keep))
+
+
 class MilvusWriter:
     """Writes embedded batches into one collection with ``upsert``.
 
@@ -75,19 +91,18 @@ class MilvusWriter:
         client: An open client.
         spec: The collection (already created / checked by ``ensure_collection``).
         cfg: ``milvus`` settings: write_batch_rows and max_request_bytes bound each request.
-        attempts: Tries per request when the failure is transient (default ``cfg.write_attempts``).
+        attempts: Tries per request when the failure is transient; default: retry for
+            ``cfg.outage_s`` seconds instead of a number of times.
         initial_delay: Seconds before the first retry; doubled each retry ...
-        max_delay: ... up to this. The defaults (6 tries, 0.5 s doubling to 8 s) wait ~15 s in
-            all, plus the time the failed requests took.
+        max_delay: ... up to this.
         request_timeout: Seconds one request may take (pymilvus also retries inside that time).
         sleep: Sleep function (tests pass a fake).
     """
 
     def __init__(self, client: MilvusClient, spec: CollectionSpec, cfg: MilvusConfig, *, attempts: int | None = None,
-                 initial_delay: float = 0.5, max_delay: float = 8.0, request_timeout: float = 60.0,
+                 initial_delay: float = 0.5, max_delay: float = 15.0, request_timeout: float = 60.0,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        attempts = cfg.write_attempts if attempts is None else attempts
-        if attempts < 1:
+        if attempts is not None and attempts < 1:
             raise ValueError("attempts must be >= 1")
         self.client, self.spec, self.cfg = client, spec, cfg
         self.attempts, self.initial_delay, self.max_delay = attempts, initial_delay, max_delay
@@ -120,6 +135,7 @@ class MilvusWriter:
         if table.num_rows == 0:
             return 0
         R.check_keys(table)
+        table = last_per_key(table)
         R.dense_matrix(table, self.spec.dense_dim)  # refuse bad vectors before writing any request
         sizes = R.row_bytes(table, self.spec, R.sparse_column(table) if self.spec.has_sparse else None)
         for start, end in split_requests(sizes, self.cfg.write_batch_rows, self.cfg.max_request_bytes):
@@ -167,7 +183,8 @@ class MilvusWriter:
         started = time.monotonic()
         try:
             return retry(fn, what=f"{what} into '{self.spec.name}'", is_transient=is_transient,
-                         attempts=self.attempts, base_delay=self.initial_delay, max_delay=self.max_delay,
+                         attempts=self.attempts or 1, for_s=None if self.attempts else self.cfg.outage_s,
+                         base_delay=self.initial_delay, max_delay=self.max_delay,
                          jitter=False, sleep=self._counting_sleep, describe=self._describe, logger=log)
         except Exception as e:  # noqa: BLE001 - classified below
             detail = self._describe(e)
@@ -175,9 +192,10 @@ class MilvusWriter:
                 raise MilvusWriteError(f"{what} into '{self.spec.name}' failed: {detail}. This is not "
                                        "transient: check the rows and the collection schema") from e
             spent = time.monotonic() - started
-            raise MilvusWriteError(f"{what} into '{self.spec.name}' still failed after {self.attempts} attempts "
-                                   f"over {spent:.0f} s: {detail}. Check that Milvus at "
-                                   f"{redact(self.cfg.uri, self._secrets)} is up and reachable; "
+            tried = (f"{self.attempts} attempts over {spent:.0f} s" if self.attempts
+                     else f"{spent:.0f} s of retries (milvus.outage_s={self.cfg.outage_s:g})")
+            raise MilvusWriteError(f"{what} into '{self.spec.name}' still failed after {tried}: {detail}. "
+                                   f"Check that Milvus at {redact(self.cfg.uri, self._secrets)} is up and reachable; "
                                    "the job can be re-run safely (writes are upserts)") from e
 
     def _describe(self, e: BaseException) -> str:

@@ -12,10 +12,10 @@ Public API:
 from __future__ import annotations
 
 from cluster.source.errors import ShardError, SourceError
-from cluster.source.filesystem import filesystem, redact
 from cluster.source.listing import ACCEPTED, Shard, format_of, list_shards
 from cluster.source.readers import open_shard, read_shard
-from cluster.source.retrying import is_transient, retry
+from cluster.source.storage_retry import is_transient, retry
+from embedder.storage import filesystem, redact
 
 __all__ = [
     "ACCEPTED", "Shard", "ShardError", "SourceError", "filesystem", "format_of", "is_transient", "list_shards",

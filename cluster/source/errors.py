@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cluster.source.retrying import is_transient
+from cluster.source.storage_retry import is_transient
 
 
 class SourceError(RuntimeError):

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from cluster.settings import SourceConfig
 from cluster.source.errors import ShardError, storage_failure
-from cluster.source.rows import MetadataArrays, check_id, check_metadata, check_text, join_errors, make_table
+from cluster.source.row_checks import MetadataArrays, check_id, check_metadata, check_text, join_errors, make_table
 
 #: Longest line read; a longer one becomes a row error and is skipped without being held in memory.
 MAX_LINE_BYTES = 64 * 1024 * 1024

@@ -10,8 +10,8 @@ import fsspec
 
 from cluster.settings import SourceConfig
 from cluster.source.errors import SourceError
-from cluster.source.filesystem import filesystem, full_path, protocol_of
-from cluster.source.retrying import retry
+from cluster.source.storage_retry import retry
+from embedder.storage import filesystem, full_path, protocol_of
 
 #: File name endings recognized when ``source.format`` is ``auto`` (matched case-insensitively).
 EXTENSIONS: tuple[tuple[str, str], ...] = (

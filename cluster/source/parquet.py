@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from cluster.settings import SourceConfig
 from cluster.source.errors import ShardError, storage_failure
-from cluster.source.rows import check_id, check_text, join_errors, make_table
+from cluster.source.row_checks import check_id, check_text, join_errors, make_table
 
 #: Read buffer per column chunk: pages are streamed instead of loading whole row groups.
 BUFFER_BYTES = 4 * 1024 * 1024

@@ -10,11 +10,11 @@ import pyarrow as pa
 from cluster import contract
 from cluster.settings import SourceConfig
 from cluster.source.errors import ShardError, storage_failure
-from cluster.source.filesystem import filesystem
 from cluster.source.jsonl import read_jsonl
 from cluster.source.listing import Shard
 from cluster.source.parquet import read_parquet
-from cluster.source.retrying import retry
+from cluster.source.storage_retry import retry
+from embedder.storage import filesystem
 
 _OUTPUT_ONLY = (contract.SHARD, contract.ROW, contract.ERROR)
 
@@ -73,7 +73,7 @@ def read_shard(shard: Shard, cfg: SourceConfig) -> Iterator[pa.Table]:
     Each batch has the columns ``doc_id`` (string), ``text`` (string, null on error), the
     ``cfg.metadata_columns`` (types kept), ``_shard`` (the shard path), ``_row`` (int64, 0-based
     row number; for jsonl the line number) and ``error`` (null when the row is fine). Row
-    problems never stop the shard (see :mod:`cluster.source.rows` for the messages). Only the
+    problems never stop the shard (see :mod:`cluster.source.row_checks` for the messages). Only the
     needed parquet columns are read; jsonl is read line by line; the whole shard is never held
     in memory. A shard yields no batch when it has no rows.
 

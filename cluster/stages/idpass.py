@@ -33,10 +33,12 @@ class IdPass:
     store_uri: str  # the manifest folder of the run's identity
     storage_options: dict[str, Any]
     processed: list[str]  # id files (relative) of the shards finished in this run
+    processed_paths: list[str] = field(default_factory=list)  # their shards' paths (same order): repairs
     kept: list[str] = field(default_factory=list)  # id files of recorded shards skipped by this run
     candidates: list[str] = field(default_factory=list)  # pending files and id files of vanished shards
     count_duplicates: bool = True
     delete: bool = False
+    max_delete: int | None = None  # more documents to delete than this: nothing is deleted ("refused")
     milvus: Any = None  # effective MilvusConfig (deletes only)
     spec: Any = None  # CollectionSpec (deletes only)
     errors_uri: str | None = None
@@ -45,18 +47,52 @@ class IdPass:
 
 
 def run_id_pass(p: IdPass) -> dict[str, Any]:
-    """Returns ``{"distinct": n | None, "docs_deleted", "chunks_deleted", "delete_failures"}``."""
+    """Returns ``{"distinct": n | None, "docs_deleted", "chunks_deleted", "delete_failures"}``, and ``"refused"``
+    (documents that would have been deleted) when they are more than ``max_delete``: then nothing is deleted."""
     from cluster.manifest.ids import distinct_count
     from cluster.manifest.store import Store
 
     store = Store(p.store_uri, p.storage_options)
-    out: dict[str, Any] = {"distinct": None, "docs_deleted": 0, "chunks_deleted": 0, "delete_failures": 0}
+    out: dict[str, Any] = {"distinct": None, "docs_deleted": 0, "chunks_deleted": 0, "delete_failures": 0,
+                           "repairs": {}}
     if p.count_duplicates and p.processed:
+        repeated: list[pa.Array] | None = [] if p.processed_paths else None
         out["distinct"] = distinct_count(store.fs, [store.path(r) for r in p.processed],
-                                         store.path(f"tmp/{p.run_id}"))
+                                         store.path(f"tmp/{p.run_id}"), repeated=repeated)
+        if repeated:
+            out["repairs"] = _plan_repairs(p, store, pc.unique(pa.concat_arrays(repeated)))
     if p.delete and p.candidates:
         out.update(_delete_missing(p, store))
     return out
+
+
+def _plan_repairs(p: IdPass, store: Any, repeated: pa.Array) -> dict[str, str]:
+    """Which shard's version of each id held by several shards of this run wins: the shard whose path sorts
+    last. Writes, per winning shard, its ids with the most chunks any version had (so that the re-write
+    deletes the longer versions' tails); returns ``{shard path: repair file}``."""
+    from cluster.manifest.ids import locate, write_table
+
+    hits = locate(store.fs, [store.path(r) for r in p.processed], repeated)
+    shard = pc.take(pa.array(p.processed_paths, pa.string()), hits.column("file"))
+    table = pa.table({c.DOC_ID: hits.column(c.DOC_ID), "shard": shard, c.N_CHUNKS: hits.column(c.N_CHUNKS)})
+    best = table.group_by(c.DOC_ID).aggregate([("shard", "max"), (c.N_CHUNKS, "max")])
+    out: dict[str, str] = {}
+    for path in pc.unique(best.column("shard_max")).to_pylist():
+        mine = best.filter(pc.equal(best.column("shard_max"), path))
+        rel = f"repairs/{_key(path)}-{p.run_id}.parquet"
+        write_table(store.fs, store.path(rel), pa.table({
+            c.DOC_ID: mine.column(c.DOC_ID), c.N_CHUNKS: mine.column(f"{c.N_CHUNKS}_max").cast(pa.int32())}
+        ).sort_by(c.DOC_ID))
+        out[path] = rel
+    log.info("%d id(s) are held by several shards of this run; the version in the shard whose path sorts last "
+             "is written again, last (%d shard(s))", len(repeated), len(out))
+    return out
+
+
+def _key(path: str) -> str:
+    from cluster.manifest.manifest import shard_key
+
+    return shard_key(path)
 
 
 def _candidates(p: IdPass, store: Any) -> pa.Table:
@@ -87,6 +123,8 @@ def _delete_missing(p: IdPass, store: Any) -> dict[str, Any]:
         return {}
     found = present(store.fs, [store.path(r) for r in p.processed + p.kept], cands.column(c.DOC_ID))
     gone = cands.filter(pc.invert(pc.is_in(cands.column(c.DOC_ID), value_set=found)))
+    if p.max_delete is not None and gone.num_rows > p.max_delete:
+        return {"refused": gone.num_rows}
     client = connect(p.milvus)
     dead = DeadLetter(p.errors_uri, p.errors_options, f"{p.run_id}-deletes")
     deleted_docs = deleted_chunks = failures = 0

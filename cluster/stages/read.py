@@ -4,6 +4,12 @@ A task streams its shard batch by batch: rows are checked, tokenized and windowe
 rows (:mod:`cluster.stages.tokenize`) and yielded at once. Since the task sees every document
 of its shard, it also:
 
+* keeps one row per document id: when an id repeats inside the shard, the last occurrence is
+  embedded and the earlier ones become ``duplicate_id`` error rows (dead-lettered), so that no
+  request ever carries one primary key twice (a Milvus 2.6 server refuses that, code 1100);
+  this costs a first pass over the shard that keeps only its ids and row numbers;
+* casts the metadata columns to the collection's field types; a value that does not convert
+  (a string in an INT64 field) becomes an error row naming the column, never a refused request;
 * tags each document with the chunk count it had when the shard was last recorded
   (``_prev_chunks``), so that writers delete only the stale tails of documents that shrank;
 * writes the shard's id file (sorted ids with chunk counts) and, when documents left the
@@ -27,7 +33,7 @@ import pyarrow.compute as pc
 from cluster import contract as c
 from cluster.settings import SourceConfig
 from cluster.source import Shard, ShardError, read_shard
-from cluster.source.rows import ID_KINDS
+from cluster.source.row_checks import ID_KINDS
 from cluster.stages.tokenize import get_tokenizer, tokenize_table
 from embedder.settings import ChunkingConfig, ModelConfig
 
@@ -43,27 +49,94 @@ class IdsSink:
 
 
 def shard_items(shards: list[Shard], prev_ids: dict[str, str | None], ids_out: dict[str, str],
-                pending_out: dict[str, str]) -> list[dict[str, object]]:
-    """The items the read stage starts from: one per shard, with where its id files are (relative paths)."""
+                pending_out: dict[str, str], repair: dict[str, str] | None = None) -> list[dict[str, object]]:
+    """The items the read stage starts from: one per shard, with where its id files are (relative paths);
+    ``repair``: shard path -> the file of the ids whose version in that shard is to be written again."""
     return [{"path": s.path, "format": s.format, "size": s.size, "version": s.version,
-             "prev_ids": prev_ids.get(s.path), "ids_out": ids_out.get(s.path), "pending_out": pending_out.get(s.path)}
+             "prev_ids": prev_ids.get(s.path), "ids_out": ids_out.get(s.path), "pending_out": pending_out.get(s.path),
+             "repair": (repair or {}).get(s.path)}
             for s in shards]
 
 
 def read_and_tokenize(batch: pa.Table, *, source: SourceConfig, model: ModelConfig, chunking: ChunkingConfig,
-                      lang_column: str | None = None, ids: IdsSink | None = None,
-                      progress: Any = None) -> Iterator[pa.Table]:
+                      lang_column: str | None = None, ids: IdsSink | None = None, progress: Any = None,
+                      metadata_types: dict[str, pa.DataType] | None = None) -> Iterator[pa.Table]:
     """Chunk rows of every shard in ``batch`` (items of :func:`shard_items`), each shard closed by its marker."""
     for item in batch.to_pylist():
-        yield from ShardReader(item, source, model, chunking, lang_column, ids, progress).run()
+        yield from ShardReader(item, source, model, chunking, lang_column, ids, progress, metadata_types).run()
+
+
+DUPLICATE_ID = "duplicate_id"  # the reason of a row whose id a later row of the same shard repeats
+
+
+def later_duplicates(doc_ids: pa.Array, rows: np.ndarray) -> dict[int, int]:
+    """Rows whose id a later row repeats, mapped to the row that wins (the last occurrence)."""
+    table = pa.table({"id": doc_ids, "row": pa.array(rows, pa.int64())}).filter(pc.is_valid(doc_ids))
+    grouped = table.group_by("id").aggregate([("row", "max"), ("row", "count")])
+    repeated = grouped.filter(pc.greater(grouped.column("row_count"), 1))
+    if not repeated.num_rows:
+        return {}
+    winner = dict(zip(repeated.column("id").to_pylist(), repeated.column("row_max").to_pylist()))
+    mine = table.filter(pc.is_in(table.column("id"), value_set=repeated.column("id")))
+    return {r: winner[i] for i, r in zip(mine.column("id").to_pylist(), mine.column("row").to_pylist())
+            if r != winner[i]}
+
+
+def cast_metadata(table: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
+    """The metadata columns as the collection's types; a value that does not convert becomes a row error.
+
+    The collection's metadata fields take their types from the first shard; a later shard whose
+    column holds another type (``"unknown"`` in an INT64 field) would otherwise be refused by
+    Milvus request after request, on every re-run.
+    """
+    names = [n for n in types if n in table.column_names]
+    strings = [n for n in names if pa.types.is_string(types[n]) and pa.types.is_string(table.schema.field(n).type)]
+    long = {n: pc.fill_null(pc.greater(pc.binary_length(table.column(n)), c.VARCHAR_MAX_BYTES), False).to_numpy(
+        zero_copy_only=False) for n in strings}
+    long = {n: m for n, m in long.items() if m.any()}
+    if not long and all(table.schema.field(n).type == types[n] for n in names):
+        return table
+    errors = table.column(c.ERROR).to_pylist()
+    for name, mask in long.items():
+        for i in np.flatnonzero(mask):
+            why = (f"metadata {name!r} is longer than the {c.VARCHAR_MAX_BYTES} bytes a VARCHAR field holds; "
+                   "shorten it or drop the column from source.metadata_columns")
+            errors[i] = why if errors[i] is None else f"{errors[i]}; {why}"
+        col = pc.if_else(pa.array(mask), pa.nulls(table.num_rows, table.schema.field(name).type), table.column(name))
+        table = table.set_column(table.schema.get_field_index(name), name, col)
+    for name in names:
+        tp = types[name]
+        if table.schema.field(name).type == tp:
+            continue
+        col = table.column(name)
+        try:
+            cast = pc.cast(col, tp, safe=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            values = []
+            for i, v in enumerate(col.to_pylist()):
+                try:
+                    values.append(pc.cast(pa.array([v], col.type), tp, safe=True)[0].as_py())
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    values.append(None)
+                    why = (f"metadata {name!r} is {col.type} {v!r}, which does not convert to the collection's "
+                           f"{tp} field; fix the value or drop the column from source.metadata_columns")
+                    errors[i] = why if errors[i] is None else f"{errors[i]}; {why}"
+            cast = pa.array(values, tp)
+        table = table.set_column(table.schema.get_field_index(name), name, cast)
+    bad = pa.array([e is not None for e in errors])
+    table = table.set_column(table.schema.get_field_index(c.ERROR), c.ERROR, pa.array(errors, pa.string()))
+    return table.set_column(table.schema.get_field_index(c.TEXT), c.TEXT,
+                            pc.if_else(bad, pa.nulls(table.num_rows, pa.string()), table.column(c.TEXT)))
 
 
 class ShardReader:
     """Reads one shard into chunk rows and accounts for its ids (one task, one shard)."""
 
     def __init__(self, item: dict[str, Any], source: SourceConfig, model: ModelConfig, chunking: ChunkingConfig,
-                 lang_column: str | None, ids: IdsSink | None, progress: Any) -> None:
+                 lang_column: str | None, ids: IdsSink | None, progress: Any,
+                 metadata_types: dict[str, pa.DataType] | None = None) -> None:
         self.item, self.source, self.lang_column, self.progress = item, source, lang_column, progress
+        self.metadata_types = {k: v for k, v in (metadata_types or {}).items() if isinstance(v, pa.DataType)}
         self.shard = Shard(path=item["path"], format=item["format"], size=item["size"], version=item["version"])
         self.tok = get_tokenizer(model, chunking)
         self.store = None
@@ -72,10 +145,12 @@ class ShardReader:
 
             self.store = Store(ids.uri, ids.storage_options)
         self.prev = self._previous_ids()
+        self.repair = self._repair_ids()  # a repair pass: only these ids, with these earlier chunk counts
         self.kinds: set[str] = set()
         self.id_parts: list[pa.Array] = []
         self.count_parts: list[np.ndarray] = []
         self.schema: pa.Schema | None = None
+        self.losers: dict[int, int] = {}  # row -> the later row of the same id, which is embedded instead
 
     def _previous_ids(self) -> pa.Table | None:
         if self.store is None or not self.item.get("prev_ids"):
@@ -89,9 +164,17 @@ class ShardReader:
                         self.shard.path)
             return None
 
+    def _repair_ids(self) -> pa.Table | None:
+        if self.store is None or not self.item.get("repair"):
+            return None
+        from cluster.manifest.ids import read_table
+
+        return read_table(self.store.fs, self.store.path(self.item["repair"]))
+
     def run(self) -> Iterator[pa.Table]:
         docs, error = 0, None
         try:
+            self.losers = self._find_duplicates()
             for table in read_shard(self.shard, self.source):
                 kinds = (table.schema.metadata or {}).get(ID_KINDS.encode())
                 if kinds:
@@ -106,21 +189,61 @@ class ShardReader:
         except ShardError as e:
             log.warning("%s", e)
             error = str(e)
-        info: dict[str, Any] = {"id_kinds": sorted(self.kinds)}
+        info: dict[str, Any] = {"id_kinds": sorted(self.kinds), "duplicates": len(self.losers)}
         if error is None:
             info.update(self._write_ids())
         yield self._end_marker(docs, error, info)
 
+    def _find_duplicates(self) -> dict[int, int]:
+        """A first pass over the shard, keeping ids and row numbers only: rows a later row repeats."""
+        ids, rows = [], []
+        for table in read_shard(self.shard, self.source):
+            ids.append(table.column(c.DOC_ID).combine_chunks())
+            rows.append(table.column(c.ROW).to_numpy())
+        if not ids:
+            return {}
+        return later_duplicates(pa.concat_arrays(ids), np.concatenate(rows))
+
+    def _mark_duplicates(self, table: pa.Table) -> tuple[pa.Table, np.ndarray]:
+        """Earlier occurrences of a repeated id become error rows; returns the table and the mask of them."""
+        rows = table.column(c.ROW).to_numpy()
+        hit = np.fromiter((int(r) in self.losers for r in rows), bool, len(rows)) if self.losers else \
+            np.zeros(len(rows), bool)
+        if not hit.any():
+            return table, hit
+        errors = table.column(c.ERROR).to_pylist()
+        for i in np.flatnonzero(hit):
+            why = (f"{DUPLICATE_ID}: row {self.losers[int(rows[i])]} of this shard has the same id; the last "
+                   "occurrence is embedded")
+            errors[i] = why if errors[i] is None else f"{errors[i]}; {why}"
+        table = table.set_column(table.schema.get_field_index(c.ERROR), c.ERROR, pa.array(errors, pa.string()))
+        table = table.set_column(table.schema.get_field_index(c.TEXT), c.TEXT,
+                                 pc.if_else(pa.array(hit), pa.nulls(table.num_rows, pa.string()),
+                                            table.column(c.TEXT)))
+        return table, hit
+
     def _tokenize(self, table: pa.Table) -> pa.Table:
-        prev = self._prev_chunks(table.column(c.DOC_ID))
+        if self.metadata_types:
+            table = cast_metadata(table, self.metadata_types)
+        table, repeated = self._mark_duplicates(table)
+        if self.repair is not None:  # only the ids this shard's version wins, their longest earlier count
+            table = table.filter(pa.array(~repeated) if repeated.any() else pc.is_valid(table.column(c.DOC_ID)))
+            table = table.filter(pc.fill_null(pc.is_in(table.column(c.DOC_ID),
+                                                       value_set=self.repair.column(c.DOC_ID)), False))
+            repeated = np.zeros(table.num_rows, bool)
+            where = pc.index_in(table.column(c.DOC_ID), value_set=self.repair.column(c.DOC_ID))
+            prev = pc.take(self.repair.column(c.N_CHUNKS), where).combine_chunks()
+        else:
+            prev = self._prev_chunks(table.column(c.DOC_ID))
         table = table.append_column(c.PREV_CHUNKS, prev).append_column(c.SHARD_END, pa.nulls(table.num_rows,
                                                                                             pa.int64()))
         out, per_row = tokenize_table(table, self.tok, self.lang_column)
         # The id file keeps, per document, the rows it has in Milvus after this run: its new chunk
         # count, or (rejected now) what it had before.
         counts = np.where(per_row > 0, per_row, pc.fill_null(prev, 0).to_numpy(zero_copy_only=False)).astype(np.int32)
-        self.id_parts.append(table.column(c.DOC_ID).combine_chunks())
-        self.count_parts.append(counts)
+        keep = ~repeated  # an earlier occurrence is not the document: its id is accounted for by the last one
+        self.id_parts.append(table.column(c.DOC_ID).combine_chunks().filter(pa.array(keep)))
+        self.count_parts.append(counts[keep])
         return out.append_column(c.SHARD_INFO, pa.nulls(out.num_rows, pa.string()))
 
     def _prev_chunks(self, doc_ids: pa.ChunkedArray) -> pa.Array:
@@ -134,8 +257,8 @@ class ShardReader:
 
         ids = pa.concat_arrays(self.id_parts) if self.id_parts else pa.array([], pa.string())
         counts = np.concatenate(self.count_parts) if self.count_parts else np.zeros(0, np.int32)
-        table, duplicates = shard_ids(ids, counts)
-        info: dict[str, Any] = {"duplicates": duplicates, "docs_unique": table.num_rows}
+        table, _ = shard_ids(ids, counts)
+        info: dict[str, Any] = {"docs_unique": table.num_rows}
         if self.store is None or not self.item.get("ids_out"):
             return info
         write_table(self.store.fs, self.store.path(self.item["ids_out"]), table)
@@ -151,7 +274,8 @@ class ShardReader:
         """One row: shard ``path`` held ``docs`` documents (and failed with ``error``, if set)."""
         columns: dict[str, pa.Array] = {c.DOC_ID: pa.nulls(1, pa.string()), c.TEXT: pa.nulls(1, pa.string())}
         for name in self.source.metadata_columns:
-            tp = self.schema.field(name).type if self.schema is not None and name in self.schema.names else pa.null()
+            tp = self.metadata_types.get(name) or (self.schema.field(name).type if self.schema is not None
+                                                   and name in self.schema.names else pa.null())
             columns[name] = pa.nulls(1, tp)
         columns[c.SHARD] = pa.array([self.shard.path], pa.string())
         columns[c.ROW] = pa.array([-1], pa.int64())

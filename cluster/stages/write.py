@@ -118,7 +118,7 @@ class BlockWriter:
         if not rows.num_rows:
             return {}
         from cluster.milvus.importfiles import ImportFiles
-        from cluster.source.filesystem import filesystem
+        from embedder.storage import filesystem
 
         shard = rows.column(c.SHARD).to_pylist()
         groups = np.array([self.s.groups[p] for p in shard], dtype=np.int64)

@@ -10,6 +10,8 @@ from typing import Any
 from embedder.models.source import check_model_folder, resolve_model_path
 from embedder.settings import ModelConfig
 
+SPARSE_HEAD_FILE = "sparse_linear.pt"  # BGE-M3's sparse head, next to the model's weights
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -68,8 +70,6 @@ def load_model_info(cfg: ModelConfig) -> ModelInfo:
         raise ValueError(f"model.max_seq_length {limit} exceeds {cfg.name}'s limit {model_max}")
     prompts = read_model_json(path, "config_sentence_transformers.json").get("prompts") or {}
     tokenizer.model_max_length = 1 << 30  # limits are enforced by chunking, not by the tokenizer's warning
-    from embedder.models.loader import find_sparse_head
-
     return ModelInfo(path=path, tokenizer=tokenizer, max_seq_length=limit, prompts=dict(prompts),
                      dim=output_dim(path), has_sparse_head=find_sparse_head(path) is not None)
 
@@ -87,3 +87,15 @@ def output_dim(path: str) -> int | None:
     if dim is None:
         dim = read_model_json(path, "config.json").get("hidden_size")
     return int(dim) if dim else None
+
+
+def find_sparse_head(path: str) -> Path | None:
+    """The ``sparse_linear.pt`` of a local folder or a cached hub model, if it has one."""
+    local = Path(path)
+    if local.is_dir():
+        head = local / SPARSE_HEAD_FILE
+        return head if head.exists() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(path, SPARSE_HEAD_FILE)
+    return Path(cached) if isinstance(cached, str) else None

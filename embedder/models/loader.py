@@ -9,11 +9,10 @@ from typing import Any
 
 from embedder.attention import AttentionChoice, choose_attention, enable
 from embedder.models.fasttok import check_same_ids
-from embedder.models.info import ModelInfo
+from embedder.models.info import SPARSE_HEAD_FILE, ModelInfo, find_sparse_head
 from embedder.settings import ModelConfig
 
 log = logging.getLogger(__name__)
-SPARSE_HEAD_FILE = "sparse_linear.pt"
 
 
 @dataclass
@@ -37,16 +36,10 @@ class LoadedModel:
         return int(pad) if pad is not None else 0
 
 
-def find_sparse_head(path: str) -> Path | None:
-    """The ``sparse_linear.pt`` of a local folder or a cached hub model, if it has one."""
-    local = Path(path)
-    if local.is_dir():
-        head = local / SPARSE_HEAD_FILE
-        return head if head.exists() else None
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(path, SPARSE_HEAD_FILE)
-    return Path(cached) if isinstance(cached, str) else None
+def transformer_first(st: Any) -> bool:
+    """True when the module chain starts with the transformer itself (what packed batches need)."""
+    first = next(iter(st.children()), None)
+    return first is not None and getattr(first, "model", None) is st.transformers_model
 
 
 def load_sparse_head(file: Path, hidden: int) -> Any:
@@ -97,8 +90,6 @@ def load_model(cfg: ModelConfig, info: ModelInfo, device: str, dtype: Any) -> Lo
 
 def choose_and_enable_attention(model: LoadedModel, mode: str) -> LoadedModel:
     """Pick padded or packed batches for this model here (``model.attention``), switch the model, log it."""
-    from embedder.forward import transformer_first
-
     hf = model.st.transformers_model
     model.attention = choose_attention(mode, model.device, model.dtype, hf, chain_ok=transformer_first(model.st))
     enable(hf, model.attention)

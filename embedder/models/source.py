@@ -69,10 +69,9 @@ def download_s3_model(uri: str, cache_dir: Path, storage_options: dict[str, obje
 def _s3(uri: str, storage_options: dict[str, object]):  # noqa: ANN202 - (fsspec filesystem, root)
     """The filesystem of an ``s3://`` model: the job's one translation of s3fs-style options into a client."""
     try:
-        from cluster.source.filesystem import filesystem
-    except ImportError as e:  # embedder used without the cluster package (the GPU benchmark machine)
-        raise ImportError("an s3:// model needs the project's cluster package and s3fs: "
-                          "pip install 's3fs[boto3]'") from e
+        from embedder.storage import filesystem
+    except ImportError as e:  # fsspec missing (e.g. the GPU benchmark machine)
+        raise ImportError("an s3:// model needs fsspec and s3fs: pip install 's3fs[boto3]'") from e
     fs, root = filesystem(uri, storage_options)
     return fs, root.rstrip("/")
 

@@ -29,7 +29,7 @@ from cluster.milvus.schema import CollectionSpec, ensure_collection
 from cluster.progress import RunTracker
 from cluster.settings import MilvusConfig
 from cluster.source import Shard
-from cluster.source.filesystem import filesystem
+from embedder.storage import filesystem
 from tests.cluster.milvus.conftest import _batch
 from tests.import_server import ImportServer
 from tests.servers import LiteServer

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from cluster.manifest import Lease, LeaseHeld, ManifestCorrupt, Store
-from cluster.manifest.ids import distinct_count, present, read_table, shard_ids, write_table
+from cluster.manifest.ids import distinct_count, locate, present, read_table, shard_ids, write_table
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -86,7 +86,12 @@ def test_distinct_count_and_present_match_python_sets(tmp_path: Path) -> None:
         sets.append(set(ids))
         assert read_table(fs, paths[-1]).column("doc_id").to_pylist() == sorted(set(ids))
     everything = set().union(*sets)
-    assert distinct_count(fs, paths, f"{tmp_path}/scratch", fan_in=3, rows=50) == len(everything)
+    repeated: list[pa.Array] = []
+    assert distinct_count(fs, paths, f"{tmp_path}/scratch", fan_in=3, rows=50, repeated=repeated) == len(everything)
+    in_several = {i for i in everything if sum(i in s for s in sets) > 1}
+    assert set(pa.concat_arrays(repeated).to_pylist()) == in_several  # found at whichever level they meet
+    hits = locate(fs, paths, pa.array(["id-5", "nope"]))
+    assert sorted(hits.column("file").to_pylist()) == [k for k, s in enumerate(sets) if "id-5" in s]
     assert not list((tmp_path / "scratch").glob("*")), "temporary merge files left behind"
     candidates = ["nope", "new\nline", "id-5", "also-nope", "ctrl\x01"]
     assert set(present(fs, paths, pa.array(candidates), rows=64).to_pylist()) == set(candidates) & everything

@@ -25,7 +25,7 @@ import pytest
 from pymilvus import MilvusClient
 
 from cluster.contract import chunk_pk
-from cluster.source.filesystem import filesystem
+from embedder.storage import filesystem
 from tests.import_server import ImportServer
 from tests.reliability.conftest import config_file, kill_group, run_in_ray, start_job
 from tests.servers import LiteServer

@@ -231,7 +231,7 @@ def test_config_errors_are_clear(override: str, message: str, tmp_path: Path, e5
 
 
 def test_importing_the_job_does_not_import_torch() -> None:
-    code = ("import sys, jobs.embed, jobs.search, jobs.config, cluster.driver, cluster.pipeline; "
+    code = ("import sys, jobs.embed, jobs.search, jobs.config, cluster.plan, cluster.run, cluster.pipeline; "
             "heavy = [m for m in ('torch', 'transformers', 'sentence_transformers', 'pymilvus') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)

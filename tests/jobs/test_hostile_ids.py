@@ -81,7 +81,7 @@ def test_hostile_ids_full_shrunk_moved_and_removed(tmp_path: Path, tiny_m3_dir: 
                        model={"name": str(tiny_m3_dir), "precision": "fp32"}, chunking={"overlap": 4},
                        batch={"max_tokens": 1024}, milvus={"uri": str(db), "collection": "docs"},
                        checkpoint={"uri": str(tmp_path / "state"), "record_every_s": 1}, errors={"uri": None},
-                       mode="incremental", delete_missing=True)
+                       mode="incremental", delete_missing=True, delete_missing_max_ratio=1.0)
     s = run(cfg)
     assert s["docs_read"] == len(a) + len(b) and s["docs_failed"] == 0
     assert stored(db) == expected(tiny_m3_dir, {**a, **b})

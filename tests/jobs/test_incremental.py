@@ -52,7 +52,7 @@ def test_incremental_runs(tmp_path: Path, tiny_m3_dir: Path, ray_local: None) ->
                        model={"name": str(tiny_m3_dir), "precision": "fp32"}, chunking={"overlap": 4},
                        batch={"max_tokens": 1024}, milvus={"uri": str(tmp_path / "m.db"), "collection": "docs"},
                        checkpoint={"uri": str(tmp_path / "state")}, errors={"uri": None},
-                       mode="incremental", delete_missing=True)
+                       mode="incremental", delete_missing=True, delete_missing_max_ratio=1.0)
     code, s = run(cfg)
     assert code == 0 and s["shards_done"] == 2 and s["docs_read"] == 5
 

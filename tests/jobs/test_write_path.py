@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cluster.milvus.strict import journal_counts
 from tests.jobs.conftest import write_config
 from tests.reliability.conftest import milvus_pks
 
@@ -44,7 +45,8 @@ def test_rows_are_written_by_the_writers_and_only_records_reach_the_driver(
     cfg = write_config(tmp_path / "job.yaml", source={"uri": str(src)},
                        model={"name": str(tiny_m3_dir), "precision": "fp32"}, batch={"max_tokens": 1024},
                        chunking={"overlap": 4}, cluster={"writers": 2, "rows_per_task": 32},
-                       milvus={"uri": str(tmp_path / "m.db"), "collection": "docs"},
+                       milvus={"uri": str(tmp_path / "m.db"), "collection": "docs",
+                               "write_journal": str(tmp_path / "journal")},
                        checkpoint={"uri": str(tmp_path / "state"), "record_every_s": 1}, errors={"uri": None})
 
     fetched: list[Any] = []  # everything the driver process pulls out of Ray during the run
@@ -72,3 +74,5 @@ def test_rows_are_written_by_the_writers_and_only_records_reach_the_driver(
     assert max(len(pickle.dumps(r)) for r in records) < 4096  # counts per shard, not rows
     pks = milvus_pks(tmp_path / "m.db")
     assert len(pks) == len(set(pks)) == 240
+    writes = journal_counts(str(tmp_path / "journal"))  # per key: a block written twice would show here
+    assert len(writes) == 240 and set(writes.values()) == {1}

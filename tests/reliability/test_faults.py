@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from cluster.contract import chunk_pk
+from cluster.milvus.strict import journal_counts
 from tests.reliability.conftest import (
     base_config,
     config_file,
@@ -32,7 +35,8 @@ def test_driver_sigkill_then_rerun_resumes_without_loss_or_duplicates(
         tmp_path: Path, small_corpus: list[dict[str, str]], e5_model_dir: Path, ray_local: None) -> None:
     rows = corpus(small_corpus, 2)  # 126 one-chunk documents
     src = write_parquet_shards(tmp_path / "docs", rows, 12)
-    cfg = config_file(tmp_path, base_config(tmp_path, str(src), e5_model_dir))
+    journal = tmp_path / "journal"  # every upsert request's keys, from every writer of both runs
+    cfg = config_file(tmp_path, base_config(tmp_path, str(src), e5_model_dir, milvus={"write_journal": str(journal)}))
     shards_dir = tmp_path / "state" / "checkpoints"
 
     proc = start_job(cfg, tmp_path / "summary-killed.json", tmp_path / "log-killed.txt")
@@ -46,7 +50,8 @@ def test_driver_sigkill_then_rerun_resumes_without_loss_or_duplicates(
         proc.wait(timeout=30)
     finally:
         kill_group(proc)  # then its orphans (local Ray, milvus-lite server), as a restarted pod would be clean
-    done_before = len(list(shards_dir.glob("*/shards/*.json")))
+    recorded = {Path(json.loads(f.read_text())["path"]).name for f in shards_dir.glob("*/shards/*.json")}
+    done_before = len(recorded)
     assert 1 <= done_before < 12, "the kill came too late to test a resume"
 
     code, summary, log = run_in_ray(cfg, tmp_path, "resume")  # the restarted driver
@@ -56,6 +61,13 @@ def test_driver_sigkill_then_rerun_resumes_without_loss_or_duplicates(
     pks = milvus_pks(tmp_path / "milvus.db")
     assert len(pks) == len(set(pks)) == len(rows)
     assert set(pks) == {f"{r['id']}#0" for r in rows}
+    # Writes per key, not unique keys: a shard recorded before the kill is never written again; the
+    # shards in flight at the kill may be written twice (same keys: upserts), never more.
+    writes = journal_counts(str(journal))
+    assert set(writes) == {chunk_pk(r["id"], 0) for r in rows}
+    for k in range(12):
+        counts = {writes[chunk_pk(r["id"], 0)] for r in rows[k::12]}
+        assert counts == {1} if f"part-{k:05d}.parquet" in recorded else counts <= {1, 2}, (k, counts)
 
 
 def test_embed_actor_death_mid_batch_is_retried(tmp_path: Path, small_corpus: list[dict[str, str]],

@@ -76,7 +76,7 @@ def test_a_permanent_outage_fails_clearly_and_the_rerun_resumes(
         tmp_path: Path, setup: tuple[list[dict[str, str]], LiteServer, Path]) -> None:
     rows, server, cfg = setup
     sections = yaml.safe_load(cfg.read_text())
-    sections["milvus"]["write_attempts"] = 3  # give up sooner: this test is about what happens then
+    sections["milvus"]["outage_s"] = 3  # give up sooner: this test is about what happens then
     cfg.write_text(yaml.safe_dump(sections))
     outage = outage_after_first_shard(tmp_path, server, down_s=None)
     code, summary, log = run_in_ray(cfg, tmp_path, "down")

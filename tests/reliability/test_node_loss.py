@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from cluster.contract import chunk_pk
+from cluster.milvus.strict import journal_counts
 from tests.conftest import REPO_ROOT
 from tests.reliability.conftest import base_config, config_file, job_env, milvus_pks, write_parquet_shards
 from tests.reliability.test_faults import corpus
@@ -50,11 +52,13 @@ def test_job_finishes_when_a_worker_node_dies(tmp_path: Path, small_corpus: list
     src = write_parquet_shards(tmp_path / "docs", rows, 12)
     # The simulated nodes share this machine's /tmp/ray: a shipped working_dir would vanish with the
     # removed node, so the workers import the checkout directly (as on a shared filesystem).
-    cfg = config_file(tmp_path, base_config(tmp_path, str(src), e5_model_dir, cluster={"ship_code": False}))
+    journal = tmp_path / "journal"  # the keys of every upsert request, from every writer wherever it ran
+    cfg = config_file(tmp_path, base_config(tmp_path, str(src), e5_model_dir, cluster={"ship_code": False},
+                                            milvus={"write_journal": str(journal)}))
     summary, log = tmp_path / "summary.json", tmp_path / "log.txt"
     proc = subprocess.run([sys.executable, "-c", DRIVER, str(cfg), str(tmp_path / "state" / "checkpoints"),
                            str(summary), str(log)], cwd=REPO_ROOT, env=job_env(), capture_output=True, text=True,
-                          timeout=480)
+                          timeout=900)  # only against a hang: above the driver's 240 + 300 s and the cluster's start
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["removed"], "the node was not removed before the job ended"
@@ -63,3 +67,8 @@ def test_job_finishes_when_a_worker_node_dies(tmp_path: Path, small_corpus: list
     assert data["shards_done"] == 12 and data["docs_failed"] == 0
     pks = milvus_pks(tmp_path / "milvus.db")
     assert len(pks) == len(set(pks)) == len(rows)
+    # Writes per key: each document written, none more than twice (a block lost with the node may be
+    # embedded and written again, same key); and the summary counts exactly the writes that happened.
+    writes = journal_counts(str(journal))
+    assert set(writes) == {chunk_pk(r["id"], 0) for r in rows} and max(writes.values()) <= 2
+    assert sum(writes.values()) == data["rows_written"]

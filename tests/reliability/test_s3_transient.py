@@ -4,7 +4,7 @@ A proxy in front of the S3 server answers the first requests about each object o
 503 SlowDown: one more than botocore makes attempts for one request (``retries.max_attempts`` in
 ``s3_options`` of the job's storage module). A 503 to a HEAD has no body, so s3fs does not see
 ``SlowDown`` and does not retry it either: the HEAD that opening a shard (or listing the prefix)
-makes fails in s3fs, and only the outer retry of :mod:`cluster.source.retrying` (around
+makes fails in s3fs, and only the outer retry of :mod:`cluster.source.storage_retry` (around
 ``open_shard`` and ``list_shards``) gets through. Without it the listing or the shards fail.
 """
 

@@ -14,9 +14,9 @@ import pytest
 
 from cluster.milvus import importfiles as IF
 from cluster.milvus.importfiles import ImportFiles, delete_files, import_schema, import_table
-from cluster.milvus.rows import EMPTY_SPARSE_INDEX, EMPTY_SPARSE_VALUE
+from cluster.milvus.payload import EMPTY_SPARSE_INDEX, EMPTY_SPARSE_VALUE
 from cluster.milvus.schema import CollectionSpec
-from cluster.source.filesystem import filesystem
+from embedder.storage import filesystem
 
 META = {"lang": pa.string(), "year": pa.int64(), "score": pa.float64(), "ok": pa.bool_()}
 

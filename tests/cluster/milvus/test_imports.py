@@ -26,7 +26,7 @@ from cluster.milvus.imports import (
     honours_idempotency_key,
 )
 from cluster.milvus.schema import CollectionSpec, ensure_collection
-from cluster.source.filesystem import filesystem
+from embedder.storage import filesystem
 from tests.import_server import ImportServer
 from tests.servers import LiteServer
 

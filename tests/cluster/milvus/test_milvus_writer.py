@@ -11,7 +11,7 @@ import pytest
 from pymilvus import MilvusException
 
 from cluster.milvus.errors import MilvusWriteError
-from cluster.milvus.rows import EMPTY_SPARSE_VALUE, sparse_column, with_empty_placeholder
+from cluster.milvus.payload import EMPTY_SPARSE_VALUE, sparse_column, with_empty_placeholder
 from cluster.milvus.schema import CollectionSpec, ensure_collection
 from cluster.milvus.writer import MilvusWriter, is_transient, split_requests
 from cluster.settings import MilvusConfig

@@ -9,7 +9,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from cluster.settings import SourceConfig
 from cluster.source import SourceError, filesystem, list_shards, redact
-from cluster.source.filesystem import full_path, s3_options
+from embedder.storage import full_path, s3_options
 
 
 def test_local_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,7 @@ from s3fs.errors import translate_boto_error
 
 from cluster.settings import SourceConfig
 from cluster.source import is_transient, list_shards, retry
-from cluster.source import retrying as retry_module
+from cluster.source import storage_retry as retry_module
 
 
 def client_error(code: str, status: int) -> ClientError:

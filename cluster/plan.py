@@ -1,15 +1,12 @@
-"""The driver: check everything that can fail cheaply, then coordinate shards (never rows).
+"""What a run will do, settled before any embedding: everything that can fail cheaply fails here.
 
-``plan`` takes the target's lease, lists shards, reads the model's shape, opens (or starts) Milvus
-and decides from the manifest what to do. ``run`` streams the pipeline: the embedded blocks go
-by reference from the embed actors to the writer actors (:mod:`cluster.writers`); the driver
-receives small per-shard records, records finished shards in the manifest, submits bulk import
-jobs, and at the end runs the id pass (duplicates, ``delete_missing``) as a Ray task.
+:func:`plan` takes the target's lease, lists shards, reads the model's shape, opens (or starts)
+Milvus and decides from the manifest what to do; :class:`cluster.run.Run` then streams the
+pipeline (see there).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -28,25 +25,12 @@ from cluster.manifest import (
     job_identity,
     target_key,
 )
-from cluster.progress import RunTracker
 from cluster.source import Shard, ShardError, list_shards, read_shard
 
 if TYPE_CHECKING:
     from jobs.config import JobConfig
 
 log = logging.getLogger("jobs.embed")
-
-
-class RejectedInput(RuntimeError):
-    """errors.on_error is fail, or more input was rejected than errors.max_error_ratio allows."""
-
-
-class IncompleteRun(RuntimeError):
-    """Some shards could not be completed in this run (a writer died); the next run does them."""
-
-
-class LeaseLost(RuntimeError):
-    """Another run took this run's lease (this run was presumed dead): stop writing at once."""
 
 
 @dataclass
@@ -67,6 +51,7 @@ class Plan:
     kept: list[str] = field(default_factory=list)  # recorded, unchanged shards skipped by this run
     replaces_rows: bool = False  # the collection existed: documents may have older, longer versions
     resumed_imports: int = 0  # bulk import groups of an earlier run completed during planning
+    holder: dict[str, Any] | None = None  # what this run published as the collection's holder
 
     def close(self) -> None:
         """Close the client, release the lease, stop the job's milvus-lite server (safe to call twice)."""
@@ -80,9 +65,28 @@ class Plan:
                     self.lease.release()
                     self.lease = None
             finally:
-                if self.lite is not None:
-                    self.lite.stop()
-                    self.lite = None
+                try:
+                    self._release_holder()
+                finally:
+                    if self.lite is not None:
+                        self.lite.stop()
+                        self.lite = None
+
+    def _release_holder(self) -> None:
+        if self.holder is None:
+            return
+        from cluster.milvus.connect import connect
+        from cluster.milvus.holder import release
+
+        holder, self.holder = self.holder, None
+        try:
+            client = connect(self.milvus)
+            try:
+                release(client, self.spec.name, holder)
+            finally:
+                client.close()
+        except Exception as e:  # noqa: BLE001 - a leftover holder goes stale by itself
+            log.warning("could not clear the holder property of %s: %s", self.spec.name, e)
 
 
 def plan(cfg: JobConfig) -> Plan:
@@ -121,6 +125,7 @@ def plan(cfg: JobConfig) -> Plan:
             the_plan.milvus = the_plan.lite.effective()
         the_plan.client = connect(the_plan.milvus)
         created = ensure_collection(the_plan.client, spec)
+        _hold_collection(the_plan)
         _plan_shards(cfg, the_plan, store, created=created)
         return the_plan
     except BaseException:
@@ -129,6 +134,32 @@ def plan(cfg: JobConfig) -> Plan:
         elif lease is not None:
             lease.release()
         raise
+
+
+def _hold_collection(the_plan: Plan) -> None:
+    """Publish this run as the collection's holder (refused while another checkpoint storage's run holds it)."""
+    import os
+    import socket
+
+    from cluster.milvus.connect import connect
+    from cluster.milvus.holder import beat, claim
+
+    lease = the_plan.lease
+    if lease is None:
+        return
+    holder = {"run_id": the_plan.run_id, "lease": lease.uri, "host": socket.gethostname(), "pid": os.getpid(),
+              "ttl_s": lease.ttl_s}
+    claim(the_plan.client, the_plan.spec.name, holder)
+    the_plan.holder = holder
+
+    def refresh() -> None:
+        client = connect(the_plan.milvus)
+        try:
+            beat(client, the_plan.spec.name, holder)
+        finally:
+            client.close()
+
+    lease.on_beat = refresh
 
 
 def take_lease(cfg: JobConfig, store: Store | None, run_id: str) -> Lease | None:
@@ -226,25 +257,4 @@ def metadata_types(cfg: JobConfig, shards: list[Shard]) -> dict[str, pa.DataType
     raise ValueError("no readable shard to take the metadata column types from")
 
 
-def run(cfg: JobConfig, the_plan: Plan) -> dict[str, object]:
-    """Stream the dataset through the writers, record finished shards; returns the summary.
-
-    On any failure (a signal included) the summary of what was done so far is attached to the
-    exception as ``.summary``.
-    """
-    from cluster.run import Run
-
-    return Run(cfg, the_plan).execute()
-
-
-def check_error_ratio(cfg: JobConfig, tracker: RunTracker, *, final: bool) -> None:
-    if final and tracker.shards and tracker.shards_failed == len(tracker.shards):
-        raise RejectedInput(f"every shard ({len(tracker.shards)}) failed to read; see the dead-letter files under "
-                            f"{cfg.errors.uri} or the log")
-    read = tracker.docs_read
-    if read and (final or read >= 1000) and tracker.docs_failed / read > cfg.errors.max_error_ratio:
-        raise RejectedInput(f"{tracker.docs_failed} of {read} documents rejected, more than errors.max_error_ratio="
-                            f"{cfg.errors.max_error_ratio}; see the dead-letter files under {cfg.errors.uri}")
-
-
-__all__ = ["IncompleteRun", "LeaseLost", "Plan", "RejectedInput", "json", "plan", "run"]
+__all__ = ["Plan", "plan", "take_lease", "checkpoint_store", "metadata_types"]

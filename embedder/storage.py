@@ -1,4 +1,5 @@
-"""Opening the filesystem behind a source uri: local paths and ``s3://`` (s3fs), secrets kept out of sight."""
+"""Object storage behind a uri: local paths and ``s3://`` (s3fs), the one translation of s3 options, secrets
+kept out of sight. Used by the model source (s3:// models) and by every part of ``cluster/``."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def s3_options(storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
     if client_kwargs:
         opts["client_kwargs"] = client_kwargs
     # Fail fast on an endpoint that does not answer: botocore's and s3fs's own retries multiply with the
-    # job's (cluster.source.retrying); the defaults took ~40 s to give up on a closed port.
+    # job's (cluster.source.storage_retry); the defaults took ~40 s to give up on a closed port.
     config = dict(opts.get("config_kwargs") or {})
     config.setdefault("connect_timeout", 5)
     config.setdefault("retries", {"max_attempts": 2, "mode": "standard"})
