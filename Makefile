@@ -42,7 +42,7 @@ demo: model sample
 
 test: install
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=20
 
 lint: install
 	$(PY) -m ruff check .

@@ -203,8 +203,8 @@ class Run:
         missing = sorted(self._lost_shards())
         if missing:
             raise IncompleteRun(f"{len(missing)} shard(s) could not be completed in this run (e.g. {missing[0]}): "
-                                "a writer died, or their rows did not all arrive; they are not recorded, so running "
-                                "the job again does them")
+                                "a writer died, their rows did not all arrive, or their import group failed (see the "
+                                "errors above); they are not recorded, so running the job again does them")
 
     # ---- the end ---------------------------------------------------------------------------------
     def _id_pass(self) -> None:
