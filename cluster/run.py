@@ -64,7 +64,7 @@ class Run:
                 self.pool.drain(tick=self._tick)
                 self._checkpoint()
                 if self.imports is not None:
-                    self.imports.finish(self._lost_shards())
+                    self.imports.finish(self._lost_shards(), tick=self._check_lease)  # LeaseLost while imports run
             self._check_lease()
             self._id_pass()
             self._repair()
