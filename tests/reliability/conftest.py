@@ -60,7 +60,7 @@ def start_job(cfg: Path, summary: Path, log: Path, env: dict[str, str] | None = 
 
 
 def run_job(cfg: Path, tmp_path: Path, tag: str, env: dict[str, str] | None = None,
-            timeout: float = 240) -> tuple[int, dict[str, Any], str]:
+            timeout: float = 600) -> tuple[int, dict[str, Any], str]:
     summary, log = tmp_path / f"summary-{tag}.json", tmp_path / f"log-{tag}.txt"
     proc = start_job(cfg, summary, log, env)
     try:
