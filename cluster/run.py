@@ -1,31 +1,28 @@
 """One run of the pipeline, as the driver sees it: block references out, per-shard records in.
 
-``Run(cfg, plan).execute()`` runs a :class:`cluster.plan.Plan`: the embedded blocks go by
-reference from the embed actors to the writer actors (:mod:`cluster.writers`); the driver
-receives small per-shard records, records finished shards in the manifest, submits bulk import
-jobs, and at the end runs the id pass (duplicates, ``delete_missing``) as a Ray task. What is
-durable at each step, and what a re-run does, is argued in ``docs/exactly-once.md``.
-
-The loop takes embedded block references from Ray Data (``iter_internal_ref_bundles``: the
-driver never fetches a block) and hands them to the writer pool; every
-``checkpoint.record_every_s`` it has the writers confirm their records (dead letters written)
-and records the shards they completed. State is per shard, never per document.
+``Run(cfg, plan).execute()`` runs a :class:`cluster.plan.Plan`. The loop takes embedded block
+references from Ray Data (``iter_internal_ref_bundles``: the driver never fetches a block) and
+streams them into the run's sink (:mod:`cluster.sinks`: upsert or bulk import, the same loop for
+both), which owns the writer actors, decides when a shard is durable and has it recorded
+(:mod:`cluster.recorder`). At the end the id pass (duplicates, ``delete_missing``) runs as a Ray
+task, then the repair of ids held by several shards. State is per shard, never per document.
+What is durable at each step, and what a re-run does, is argued in ``docs/exactly-once.md``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
-from cluster import contract as c
 from cluster.errors import DeleteRefused, IncompleteRun, LeaseLost, RejectedInput
 from cluster.progress import ProgressTimer, RunTracker
+from cluster.recorder import ShardRecorder
 from cluster.stages.read import IdsSink, shard_items
 
 if TYPE_CHECKING:
     from cluster.plan import Plan
+    from cluster.sinks import Sink
     from jobs.config import JobConfig
 
 log = logging.getLogger("jobs.embed")
@@ -39,12 +36,9 @@ class Run:
         self.tracker = RunTracker(the_plan.shards)
         self.tracker.shards_skipped = the_plan.skipped
         self.by_path = {s.path: s for s in the_plan.shards}
-        self.finished: list[str] = []  # shards completed by confirmed records, not yet recorded
-        self.last_record = time.monotonic()
-        self.pool: Any = None
-        self.imports: Any = None
+        self.recorder = ShardRecorder(the_plan, self.tracker)
+        self.sink: Sink | None = None
         self.counter: Any = None
-        self.dead_files: list[str] = []
 
     # ---- the loop --------------------------------------------------------------------------------
     def execute(self) -> dict[str, object]:
@@ -61,10 +55,8 @@ class Run:
                 timer = ProgressTimer(cfg.log_every_s, self._progress_line).start()
                 self._start()
                 self._stream()
-                self.pool.drain(tick=self._tick)
-                self._checkpoint()
-                if self.imports is not None:
-                    self.imports.finish(self._lost_shards(), tick=self._check_lease)  # LeaseLost while imports run
+                self.sink.finish(tick=self._check_lease)  # type: ignore[union-attr]
+                check_error_ratio(cfg, self.tracker, final=False)
             self._check_lease()
             self._id_pass()
             self._repair()
@@ -72,7 +64,7 @@ class Run:
             self._check_complete()
             failed = False
         except BaseException as e:
-            if self.pool is not None and not isinstance(e, LeaseLost):
+            if self.sink is not None and not isinstance(e, LeaseLost):
                 self._salvage()
             e.summary = self.tracker.summary()  # type: ignore[attr-defined]  # what was done before the failure
             raise
@@ -92,8 +84,8 @@ class Run:
 
         from cluster.pipeline import build_dataset
         from cluster.progress import ProgressCounter
+        from cluster.sinks import make_sink
         from cluster.stages.write import WriterSettings
-        from cluster.writers import WriterPool
 
         cfg, p = self.cfg, self.plan
         node = ray.get_runtime_context().get_node_id() if p.lite is not None else None
@@ -101,17 +93,7 @@ class Run:
                                   dead_letter_options=dict(cfg.checkpoint.storage_options or
                                                            cfg.source.storage_options),
                                   run_id=p.run_id, replaces_rows=p.replaces_rows)
-        if cfg.milvus.mode == "bulk_import":
-            from cluster.bulkimport import ImportGroups
-
-            self.imports = ImportGroups(cfg, p, self.tracker, record=self._record)
-            settings = self.imports.writer_settings(settings)
-        self.pool = WriterPool(settings, cfg.cluster.writer_count, cpus=cfg.cluster.cpus_per_writer, node_id=node,
-                               on_confirmed=self._confirmed, on_lost=self.tracker.lose,
-                               max_restarts=cfg.cluster.writer_max_restarts,
-                               start_timeout_s=cfg.cluster.writer_start_timeout_s)
-        if self.imports is not None:
-            self.imports.pool = self.pool
+        self.sink = make_sink(cfg, p, self.tracker, self.recorder, settings, node)
         self.counter = ray.remote(ProgressCounter).options(num_cpus=0).remote()
         ids, items = None, shard_items(p.shards, {}, {}, {})
         if p.manifest is not None:
@@ -123,78 +105,22 @@ class Run:
         self.dataset = build_dataset(cfg, items, ids, self.counter, metadata_types=dict(p.spec.metadata))
 
     def _stream(self) -> None:
+        assert self.sink is not None
         for bundle in self.dataset.iter_internal_ref_bundles():
             for ref in bundle.block_refs:
-                self.pool.submit(ref, tick=self._tick)
+                self.sink.submit(ref, tick=self._tick)
             self._tick()
 
     def _check_lease(self, *, read: bool = False) -> None:
         """Raise LeaseLost when another run took the lease; ``read``: look at the lease object now (fencing)."""
-        lease = self.plan.lease
-        if lease is not None and (lease.lost or (read and not lease.verify())):
-            raise LeaseLost(lease.lost)
+        self.recorder.check_lease(read=read)
 
     def _tick(self) -> None:
-        """Between blocks: lease check, periodic checkpoint and recording, import polling."""
+        """Between blocks: lease check; the sink's checkpoints, recording and import polling."""
         self._check_lease()
-        if time.monotonic() - self.last_record >= self.cfg.checkpoint.record_every_s:
-            self._checkpoint()
-        if self.imports is not None:
-            self.imports.poll()
-
-    # ---- records ---------------------------------------------------------------------------------
-    def _confirmed(self, rec: dict[str, Any]) -> None:
-        done = self.tracker.add(rec)
-        self.finished.extend(done)
-        for sample in rec["reject_samples"]:
-            if self.tracker.rejects <= 20:
-                log.warning("rejected: shard=%s row=%s doc_id=%s: %s", sample[c.SHARD], sample[c.ROW],
-                            sample[c.DOC_ID], sample[c.ERROR])
-        if rec["rejects"] and self.cfg.errors.on_error == "fail":
-            s = rec["reject_samples"][0]
-            raise RejectedInput(f"rejected input with errors.on_error=fail: shard={s[c.SHARD]} row={s[c.ROW]} "
-                                f"doc_id={s[c.DOC_ID]}: {s[c.ERROR]}")
-
-    def _checkpoint(self) -> None:
-        """Writers write their dead letters and confirm their records; then finished shards are recorded."""
-        self.dead_files = self.pool.checkpoint()["dead_files"]
-        self._check_lease(read=bool(self.finished))  # fencing: a run that lost its lease records nothing more
-        self.last_record = time.monotonic()
-        finished, self.finished = self.finished, []
-        if self.imports is not None:
-            self.imports.settled(finished)  # recorded once their import completed
-        else:
-            for path in finished:
-                self._record(path)
+        assert self.sink is not None
+        self.sink.poll()
         check_error_ratio(self.cfg, self.tracker, final=False)
-
-    def _record(self, path: str) -> None:
-        st = self.tracker.shards[path]
-        self._check_id_kind(path, st.info.get("id_kinds") or [])
-        if self.plan.manifest is None or not st.ok:  # a failed shard is retried by the next run
-            return
-        self.plan.manifest.mark_done(self.by_path[path], st.manifest_counts(), st.info.get("ids"),
-                                     self.plan.records.get(path))
-
-    def _check_id_kind(self, path: str, kinds: list[str]) -> None:
-        """Report a shard whose ids are of another kind (integer / string) than earlier shards'."""
-        m = self.plan.manifest
-        first = m.id_kind() if m is not None else None
-        if len(kinds) > 1:
-            self._id_mismatch(path, f"holds both {' and '.join(kinds)} ids")
-        if not kinds:
-            return
-        if first is None:
-            if m is not None:
-                m.set_id_kind(kinds[0], path)
-            return
-        if any(k != first[0] for k in kinds):
-            self._id_mismatch(path, f"has {'/'.join(kinds)} ids, earlier shards ({first[1]}) had {first[0]} ids")
-
-    def _id_mismatch(self, path: str, what: str) -> None:
-        self.tracker.id_kind_mismatch.append(path)
-        log.warning("id kinds differ: shard %s %s; integer ids are stored as their decimal string, so 7 and '7' "
-                    "name the same document", path, what)
 
     def _lost_shards(self) -> set[str]:
         return {p for p, s in self.tracker.shards.items() if s.lost or not s.done}
@@ -384,20 +310,16 @@ class Run:
         are redone by the next run.
         """
         try:
-            self.dead_files = self.pool.checkpoint(timeout_s=60)["dead_files"]
-            finished, self.finished = self.finished, []
-            if self.imports is None:
-                for path in finished:
-                    self._record(path)
+            self.sink.salvage()  # type: ignore[union-attr]
         except BaseException as e:  # noqa: BLE001 - best effort: the original failure is what is reported
             log.warning("while stopping, could not record the last finished shards: %s", e)
 
     def _stop(self, *, graceful: bool) -> None:
-        if self.pool is not None:
+        if self.sink is not None:
             try:
-                self.pool.close(graceful=graceful)
+                self.sink.close(graceful=graceful)
             finally:
-                self.pool = None
+                self.sink = None
         if self.counter is not None:
             import ray
 
@@ -412,7 +334,7 @@ class Run:
                 self.tracker.read = ray.get(self.counter.get.remote(), timeout=5)
             except Exception:  # noqa: BLE001 - the line shows what is known
                 pass
-        return self.tracker.progress_line(self.pool.unconfirmed_rows if self.pool is not None else 0)
+        return self.tracker.progress_line(self.sink.unconfirmed_rows if self.sink is not None else 0)
 
 
 def check_error_ratio(cfg: JobConfig, tracker: RunTracker, *, final: bool) -> None:
