@@ -41,7 +41,7 @@ def test_driver_sigkill_then_rerun_resumes_without_loss_or_duplicates(
 
     proc = start_job(cfg, tmp_path / "summary-killed.json", tmp_path / "log-killed.txt")
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 600  # only against a hang
         while not list(shards_dir.glob("*/shards/*.json")):
             assert proc.poll() is None, (tmp_path / "log-killed.txt").read_text()[-3000:]
             assert time.monotonic() < deadline, "no shard finished in time"

@@ -17,22 +17,31 @@ from tests.servers import LiteServer
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def outage_after_first_shard(tmp_path: Path, server: LiteServer, down_s: float | None) -> threading.Thread:
-    """Kill the server once a shard is recorded; start it again after ``down_s`` (never when None)."""
-    def run() -> None:
-        deadline = time.monotonic() + 180
-        while not list((tmp_path / "state" / "checkpoints").glob("*/shards/*.json")):
+class Outage(threading.Thread):
+    """Kills the server once a shard is recorded; starts it again after ``down_s`` (never when None)."""
+
+    def __init__(self, tmp_path: Path, server: LiteServer, down_s: float | None) -> None:
+        super().__init__(daemon=True)
+        self.tmp_path, self.server, self.down_s = tmp_path, server, down_s
+        self.happened = False  # a test whose outage never came must fail, not pass without one
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 600  # only against a hang
+        while not list((self.tmp_path / "state" / "checkpoints").glob("*/shards/*.json")):
             if time.monotonic() > deadline:
                 return
             time.sleep(0.1)
-        server.stop()
-        if down_s is not None:
-            time.sleep(down_s)
-            server.start()
+        self.server.stop()
+        self.happened = True
+        if self.down_s is not None:
+            time.sleep(self.down_s)
+            self.server.start()
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
+
+def outage_after_first_shard(tmp_path: Path, server: LiteServer, down_s: float | None) -> Outage:
+    outage = Outage(tmp_path, server, down_s)
+    outage.start()
+    return outage
 
 
 def count(server: LiteServer) -> int:
@@ -67,6 +76,7 @@ def test_writes_retry_through_a_short_outage(tmp_path: Path, setup: tuple[list[d
     outage = outage_after_first_shard(tmp_path, server, down_s=4)
     code, summary, log = run_in_ray(cfg, tmp_path, "outage")
     outage.join(timeout=60)
+    assert outage.happened, "the server was never stopped: no outage was tested"
     assert code == 0, log[-3000:]
     assert summary["rows_written"] == len(rows) and summary["shards_done"] == 12
     assert count(server) == len(rows)
@@ -81,6 +91,7 @@ def test_a_permanent_outage_fails_clearly_and_the_rerun_resumes(
     outage = outage_after_first_shard(tmp_path, server, down_s=None)
     code, summary, log = run_in_ray(cfg, tmp_path, "down")
     outage.join(timeout=60)
+    assert outage.happened, "the server was never stopped: no outage was tested"
     assert code == 1 and summary["failed"] is True and summary["shards_done"] >= 1
     assert "the run failed" in log and "Milvus" in log
     recorded = len(list((tmp_path / "state" / "checkpoints").glob("*/shards/*.json")))

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from cluster.contract import chunk_pk
+from cluster.milvus.strict import journal_counts
 from tests.reliability.conftest import (
     base_config,
     config_file,
@@ -91,7 +93,9 @@ def test_signals_lease_and_timer_progress(tmp_path: Path, small_corpus: list[dic
                                           e5_model_dir: Path, ray_local: None) -> None:
     rows = [{**r, "id": f"{r['id']}~{k}"} for k in range(2) for r in small_corpus if r["kind"] != "handbook"]
     src = write_parquet_shards(tmp_path / "docs", rows, 12)
-    sections = base_config(tmp_path, str(src), e5_model_dir, checkpoint={"record_every_s": 1})
+    journal = tmp_path / "journal"  # the keys of every upsert request of every run
+    sections = base_config(tmp_path, str(src), e5_model_dir, checkpoint={"record_every_s": 1},
+                           milvus={"write_journal": str(journal)})
     cfg = config_file(tmp_path, sections)
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = job_env(RAY_TMPDIR=ray_tmp)
@@ -125,6 +129,7 @@ def test_signals_lease_and_timer_progress(tmp_path: Path, small_corpus: list[dic
         assert len(ticks) >= 2 and ticks == list(range(1, len(ticks) + 1)), ticks
         assert_no_survivors(ray_tmp, str(tmp_path / "milvus.db"))
         assert not list((state / "leases").glob("*.json")), "the lease was not released"
+        recorded_by_1 = {Path(json.loads(f.read_text())["path"]).name for f in state.glob("*/shards/*.json")}
 
         # Run 3 resumes and is stopped by SIGINT (Ctrl-C) once it recorded a shard of its own.
         before = recorded()
@@ -142,5 +147,11 @@ def test_signals_lease_and_timer_progress(tmp_path: Path, small_corpus: list[dic
         assert summary["shards_skipped"] == done_before and summary["shards_done"] == 12 - done_before
         pks = milvus_pks(tmp_path / "milvus.db")
         assert len(pks) == len(set(pks)) == len(rows)
+        # Writes per key: a shard recorded when SIGTERM stopped run 1 is never written again by runs 3 and 4.
+        writes = journal_counts(str(journal))
+        assert set(writes) == {chunk_pk(r["id"], 0) for r in rows}
+        for k in range(12):
+            counts = {writes[chunk_pk(r["id"], 0)] for r in rows[k::12]}
+            assert counts == {1} if f"part-{k:05d}.parquet" in recorded_by_1 else max(counts) <= 3, (k, counts)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
