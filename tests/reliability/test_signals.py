@@ -101,6 +101,7 @@ def test_signals_lease_and_timer_progress(tmp_path: Path, small_corpus: list[dic
     env = job_env(RAY_TMPDIR=ray_tmp)
     state = tmp_path / "state" / "checkpoints"
     recorded = lambda: len(list(state.glob("*/shards/*.json")))  # noqa: E731
+    proc = None
     try:
         # Run 1: progress from the timer before any chunk is embedded; the lease refuses run 2; SIGTERM.
         log1, summary1 = tmp_path / "log-1.txt", tmp_path / "summary-1.json"
@@ -154,4 +155,6 @@ def test_signals_lease_and_timer_progress(tmp_path: Path, small_corpus: list[dic
             counts = {writes[chunk_pk(r["id"], 0)] for r in rows[k::12]}
             assert counts == {1} if f"part-{k:05d}.parquet" in recorded_by_1 else max(counts) <= 3, (k, counts)
     finally:
+        if proc is not None and proc.poll() is None:  # a failed assertion must not leave a job running
+            kill_group(proc)
         shutil.rmtree(ray_tmp, ignore_errors=True)
