@@ -102,7 +102,7 @@ def validate(cfg: JobConfig, milvus: Any, collection: str, summary: dict[str, An
     After a long build the pooled connection has been idle for hours: a fresh one is opened, and
     every call is retried on transient errors.
     """
-    from cluster.milvus.aliases import open_retrying
+    from cluster.milvus.alias_swap import open_retrying
     from cluster.milvus.search import search
     from embedder.encoder import Encoder
 
@@ -141,7 +141,7 @@ def validate(cfg: JobConfig, milvus: Any, collection: str, summary: dict[str, An
 
 def check_alias_name(cfg: JobConfig, the_plan: Any) -> None:
     """The alias must not be a real collection's name (checked before hours of embedding, not after)."""
-    from cluster.milvus.aliases import alias_target, open_retrying
+    from cluster.milvus.alias_swap import alias_target, open_retrying
 
     with open_retrying(the_plan.milvus) as client:
         if client.has_collection(cfg.milvus.alias) and alias_target(client, cfg.milvus.alias) is None:
@@ -158,8 +158,8 @@ def swap(cfg: JobConfig, milvus: Any, collection: str) -> list[str]:
     target, the previous one (``--rollback``), the collections retention keeps, the build in
     progress (a re-run continues it), any collection an alias points at, one whose lease a live run holds.
     """
-    from cluster.manifest.aliases import AliasBuilds, AliasHistory
-    from cluster.milvus.aliases import alias_targets, drop_collections, open_retrying, point_alias
+    from cluster.manifest.alias_records import AliasBuilds, AliasHistory
+    from cluster.milvus.alias_swap import alias_targets, drop_collections, open_retrying, point_alias
 
     alias, retention = str(cfg.milvus.alias), cfg.reindex.retention
     history = AliasHistory(cfg.checkpoint.uri, storage_options(cfg), alias)
@@ -210,7 +210,7 @@ def swap(cfg: JobConfig, milvus: Any, collection: str) -> list[str]:
 def rollback(cfg: JobConfig) -> str:
     """Point the alias back at the collection before the live one."""
     from cluster.manifest import AliasHistory
-    from cluster.milvus.aliases import alias_target, open_retrying, point_alias
+    from cluster.milvus.alias_swap import alias_target, open_retrying, point_alias
 
     history = AliasHistory(cfg.checkpoint.uri, storage_options(cfg), cfg.milvus.alias)
     entries = history.load()
@@ -239,7 +239,7 @@ def choose_collection(cfg: JobConfig, given: str | None) -> tuple[str, dict[str,
     Returns ``(name, continued)``: ``continued`` is the recorded build this run continues (same
     collection and job identity), None for a new build.
     """
-    from cluster.manifest.aliases import AliasBuilds
+    from cluster.manifest.alias_records import AliasBuilds
 
     builds = AliasBuilds(cfg.checkpoint.uri, storage_options(cfg), str(cfg.milvus.alias))
     identity = build_identity(cfg)
@@ -269,24 +269,33 @@ def _when(t: Any) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(t))) if t else "?"
 
 
+def validate_and_swap(cfg: JobConfig, milvus: Any, name: str, summary: dict[str, Any], builds: Any) -> list[str]:
+    """Validate a complete build (a failure abandons it: the next run starts a new one), record it validated,
+    then move the alias to it; returns the collections retention dropped."""
+    from cluster.manifest.alias_records import VALIDATED
+
+    try:
+        validate(cfg, milvus, name, summary)
+    except ValueError as e:
+        builds.abandon(name, f"failed validation: {e}")
+        raise
+    builds.set_state(name, VALIDATED)
+    return swap(cfg, milvus, name)
+
+
 def finish_build(cfg: JobConfig, name: str, continued: dict[str, Any], summary_path: Path | None) -> int:
     """A recorded build whose embedding is complete: validate it (unless it was) and swap it in; no re-embedding."""
-    from cluster.manifest.aliases import VALIDATED, AliasBuilds
+    from cluster.manifest.alias_records import VALIDATED, AliasBuilds
 
     builds = AliasBuilds(cfg.checkpoint.uri, storage_options(cfg), str(cfg.milvus.alias))
     summary = dict(manifest_state(cfg).get("summary") or {})
     try:
         if continued.get("state") != VALIDATED:
             log.info("the build of %s is complete: validating it", name)
-            try:
-                validate(cfg, cfg.milvus, name, summary)
-            except ValueError as e:
-                builds.abandon(name, f"failed validation: {e}")
-                raise
-            builds.set_state(name, VALIDATED)
+            dropped = validate_and_swap(cfg, cfg.milvus, name, summary, builds)
         else:
             log.info("the build of %s is complete and validated: swapping it in", name)
-        dropped = swap(cfg, cfg.milvus, name)
+            dropped = swap(cfg, cfg.milvus, name)
     except Exception as e:
         log.error("reindex failed (%s: %s); the alias %s was not moved", type(e).__name__, e, cfg.milvus.alias)
         write_summary(summary_path, {**summary, "collection": name}, failed=True)
@@ -340,16 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     log.info("reindex into %s, config %s", name, json.dumps(redact(cfg), default=str))
 
     def after(the_plan: Any, summary: dict[str, Any]) -> dict[str, Any]:
-        from cluster.manifest.aliases import VALIDATED, AliasBuilds
+        from cluster.manifest.alias_records import AliasBuilds
 
         builds = AliasBuilds(cfg.checkpoint.uri, storage_options(cfg), str(cfg.milvus.alias))
-        try:
-            validate(cfg, the_plan.milvus, name, summary)
-        except ValueError as e:
-            builds.abandon(name, f"failed validation: {e}")
-            raise
-        builds.set_state(name, VALIDATED)
-        dropped = swap(cfg, the_plan.milvus, name)
+        dropped = validate_and_swap(cfg, the_plan.milvus, name, summary, builds)
         done = {**summary, "collection": name, "alias": cfg.milvus.alias, "dropped": dropped}
         log.info("reindex done: %s", json.dumps(done))
         return done

@@ -32,25 +32,12 @@ from cluster.source import Shard
 from embedder.storage import filesystem
 from tests.cluster.milvus.conftest import _batch
 from tests.import_server import ImportServer
-from tests.servers import LiteServer
 
 pytestmark = pytest.mark.integration
 
 META = {"lang": pa.string(), "year": pa.int64()}
 ROWS = 5  # chunks per shard
 _runs = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def milvus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusClient]:
-    server = LiteServer(tmp_path_factory.mktemp("lite"))
-    server.start()
-    client = MilvusClient(uri=server.uri)
-    try:
-        yield client
-    finally:
-        client.close()
-        server.stop()
 
 
 @pytest.fixture(scope="module")

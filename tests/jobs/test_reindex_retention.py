@@ -12,7 +12,7 @@ from tests.jobs.conftest import write_config
 def test_retrying_client_opens_a_fresh_connection_after_a_transient_error() -> None:
     from pymilvus import MilvusException
 
-    from cluster.milvus.aliases import RetryingClient
+    from cluster.milvus.alias_swap import RetryingClient
 
     opened: list[object] = []
     sleeps: list[float] = []
@@ -50,7 +50,7 @@ def test_retention_drops_abandoned_and_leftover_builds_never_what_is_needed(
     from pymilvus import MilvusClient
 
     from cluster.manifest import Lease, Store, target_key
-    from cluster.manifest.aliases import AliasBuilds, AliasHistory
+    from cluster.manifest.alias_records import AliasBuilds, AliasHistory
     from jobs.config import load_config
     from jobs.reindex import rollback, swap
 
@@ -111,7 +111,7 @@ def test_a_validated_build_whose_swap_failed_is_swapped_by_the_rerun(tmp_path: P
 
     from pymilvus import MilvusClient
 
-    from cluster.manifest.aliases import VALIDATED, AliasBuilds
+    from cluster.manifest.alias_records import VALIDATED, AliasBuilds
     from jobs.config import load_config
     from jobs.reindex import build_identity, main
 

@@ -28,25 +28,11 @@ from cluster.milvus.imports import (
 from cluster.milvus.schema import CollectionSpec, ensure_collection
 from embedder.storage import filesystem
 from tests.import_server import ImportServer
-from tests.servers import LiteServer
 
 pytestmark = pytest.mark.integration
 
 META = {"lang": pa.string(), "year": pa.int64()}
 _names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def milvus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusClient]:
-    """One ``milvus-lite server`` for the module, and a client of it."""
-    server = LiteServer(tmp_path_factory.mktemp("lite"))
-    server.start()
-    client = MilvusClient(uri=server.uri)
-    try:
-        yield client
-    finally:
-        client.close()
-        server.stop()
 
 
 @pytest.fixture()
