@@ -219,6 +219,13 @@ def _plan_shards(cfg: JobConfig, the_plan: Plan, store: Store | None, *, created
                                           and Manifest.unchanged(records.get(s.path), s))]
     else:
         todo = [s for s in shards if not Manifest.unchanged(records.get(s.path), s)]
+    if cfg.milvus.mode == "bulk_import":
+        changed = [s.path for s in todo if manifest.done(records.get(s.path))]
+        if changed:  # its rows are in the collection: importing the new version would insert a second copy
+            raise ValueError(f"{len(changed)} shard(s) changed since this bulk_import run imported them (e.g. "
+                             f"{changed[0]}); imports insert, so importing them again would leave the old rows "
+                             "beside the new ones. Load the changed source into a new collection (jobs.reindex), "
+                             "or use milvus.mode upsert, which replaces them")
     listed = {s.path for s in shards}
     todo_paths = {s.path for s in todo}
     if len(todo) < len(shards):

@@ -275,3 +275,32 @@ def test_a_writer_restart_drops_only_the_groups_open_at_the_time(tmp_path, serve
     assert h.recorded() == set(paths[:4] + paths[6:])
     assert [h.tracker.shards[p].lost for p in paths[4:6]] == [True, True]
     assert imported_once(server) == 6 * ROWS and len(server.jobs) == 3
+
+
+def test_a_shard_changed_since_it_was_imported_is_refused(tmp_path: Path, tiny_m3_dir: Path) -> None:
+    """Before: a resumed full bulk run imported the new version of a recorded shard beside its old rows."""
+    import pyarrow.parquet as pq
+
+    from cluster.manifest import job_identity
+    from cluster.plan import plan
+    from jobs.config import load_config
+    from tests.jobs.conftest import write_config
+    from tests.servers import LiteServer
+
+    src = tmp_path / "docs"
+    src.mkdir()
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["first", "second"]}), src / "a.parquet")
+    server = LiteServer(tmp_path / "lite")
+    server.start()
+    try:
+        cfg = load_config(write_config(
+            tmp_path / "job.yaml", source={"uri": str(src)}, model={"name": str(tiny_m3_dir), "precision": "fp32"},
+            milvus={"uri": server.uri, "collection": "docs", "mode": "bulk_import", "bulk_uri": "s3://b/imports"},
+            checkpoint={"uri": str(tmp_path / "state")}))
+        manifest = Manifest(Store(cfg.checkpoint.uri), job_identity(cfg))
+        shard = Shard(path=str(src / "a.parquet"), format="parquet", size=1, version="as imported")
+        manifest.mark_done(shard, {"docs": 2, "chunks": 2}, None, None)  # imported, then the file changed
+        with pytest.raises(ValueError, match=r"changed since this bulk_import run imported them.*jobs.reindex"):
+            plan(cfg)
+    finally:
+        server.stop()
