@@ -80,7 +80,7 @@ class Plan:
 
         holder, self.holder = self.holder, None
         try:
-            client = connect(self.milvus)
+            client = connect(self.milvus, dedicated=True)  # never a pooled one a failed connect broke
             try:
                 release(client, self.spec.name, holder)
             finally:
@@ -100,6 +100,8 @@ def plan(cfg: JobConfig) -> Plan:
     from cluster.milvus import CollectionSpec, ensure_collection
     from cluster.milvus.connect import connect
     from cluster.milvus.lite import LiteServer
+    from cluster.milvus.writer import is_transient
+    from cluster.retry import retry
     from embedder.models.info import load_model_info
     from embedder.models.loader import check_batch_budget, check_dense_dim, check_sparse
 
@@ -124,7 +126,8 @@ def plan(cfg: JobConfig) -> Plan:
             the_plan.lite = LiteServer(cfg.milvus).start()
             the_plan.milvus = the_plan.lite.effective()
         the_plan.client = connect(the_plan.milvus)
-        created = ensure_collection(the_plan.client, spec)
+        created = retry(lambda: ensure_collection(the_plan.client, spec), what="opening the collection",
+                        is_transient=is_transient, for_s=min(cfg.milvus.outage_s, 60.0), logger=log)
         _hold_collection(the_plan)
         _plan_shards(cfg, the_plan, store, created=created)
         return the_plan
@@ -153,7 +156,7 @@ def _hold_collection(the_plan: Plan) -> None:
     the_plan.holder = holder
 
     def refresh() -> None:
-        client = connect(the_plan.milvus)
+        client = connect(the_plan.milvus, dedicated=True)  # from the heartbeat thread: its own
         try:
             beat(client, the_plan.spec.name, holder)
         finally:

@@ -183,10 +183,14 @@ class Lease:
                     if not self.renew():
                         log.error("%s", self.lost)
                         return
-                    if self.on_beat is not None:
-                        self.on_beat()
                 except Exception as e:  # noqa: BLE001 - a storage hiccup: try again next beat
                     log.warning("could not renew the lease %s: %s", self.uri, e)
+                    continue
+                if self.on_beat is not None:
+                    try:
+                        self.on_beat()
+                    except Exception as e:  # noqa: BLE001 - best effort (the collection's holder property)
+                        log.warning("could not refresh the collection's holder property: %s", e)
 
         self._thread = threading.Thread(target=beat, name="lease-heartbeat", daemon=True)
         self._thread.start()
