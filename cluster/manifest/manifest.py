@@ -64,6 +64,11 @@ def identity_key(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def repair_rel(path: str, run_id: str) -> str:
+    """Where the id pass puts the ids a shard's version wins (relative to the manifest folder)."""
+    return f"repairs/{shard_key(path)}-{run_id}.parquet"
+
+
 def shard_key(path: str) -> str:
     return hashlib.sha256(path.encode()).hexdigest()[:24]
 
@@ -161,9 +166,6 @@ class Manifest:
             self.store.delete(rel)
 
     # ---- repairs of ids found in several shards -------------------------------------------------
-    def repair_rel(self, path: str, run_id: str) -> str:
-        return f"repairs/{shard_key(path)}-{run_id}.parquet"
-
     def repairs(self) -> dict[str, dict[str, Any]]:
         """Shards whose winning versions of repeated ids must be written again: path -> shard and id file."""
         return dict(self.store.get_json("repairs.json") or {})

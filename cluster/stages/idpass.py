@@ -71,6 +71,7 @@ def _plan_repairs(p: IdPass, store: Any, repeated: pa.Array) -> dict[str, str]:
     last. Writes, per winning shard, its ids with the most chunks any version had (so that the re-write
     deletes the longer versions' tails); returns ``{shard path: repair file}``."""
     from cluster.manifest.ids import locate, write_table
+    from cluster.manifest.manifest import repair_rel
 
     hits = locate(store.fs, [store.path(r) for r in p.processed], repeated)
     shard = pc.take(pa.array(p.processed_paths, pa.string()), hits.column("file"))
@@ -79,7 +80,7 @@ def _plan_repairs(p: IdPass, store: Any, repeated: pa.Array) -> dict[str, str]:
     out: dict[str, str] = {}
     for path in pc.unique(best.column("shard_max")).to_pylist():
         mine = best.filter(pc.equal(best.column("shard_max"), path))
-        rel = f"repairs/{_key(path)}-{p.run_id}.parquet"
+        rel = repair_rel(path, p.run_id)
         write_table(store.fs, store.path(rel), pa.table({
             c.DOC_ID: mine.column(c.DOC_ID), c.N_CHUNKS: mine.column(f"{c.N_CHUNKS}_max").cast(pa.int32())}
         ).sort_by(c.DOC_ID))
@@ -87,12 +88,6 @@ def _plan_repairs(p: IdPass, store: Any, repeated: pa.Array) -> dict[str, str]:
     log.info("%d id(s) are held by several shards of this run; the version in the shard whose path sorts last "
              "is written again, last (%d shard(s))", len(repeated), len(out))
     return out
-
-
-def _key(path: str) -> str:
-    from cluster.manifest.manifest import shard_key
-
-    return shard_key(path)
 
 
 def _candidates(p: IdPass, store: Any) -> pa.Table:

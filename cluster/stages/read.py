@@ -151,6 +151,7 @@ class ShardReader:
         self.count_parts: list[np.ndarray] = []
         self.schema: pa.Schema | None = None
         self.losers: dict[int, int] = {}  # row -> the later row of the same id, which is embedded instead
+        self.loser_rows = np.zeros(0, np.int64)
 
     def _previous_ids(self) -> pa.Table | None:
         if self.store is None or not self.item.get("prev_ids"):
@@ -175,6 +176,7 @@ class ShardReader:
         docs, error = 0, None
         try:
             self.losers = self._find_duplicates()
+            self.loser_rows = np.fromiter(self.losers, np.int64, len(self.losers))
             for table in read_shard(self.shard, self.source):
                 kinds = (table.schema.metadata or {}).get(ID_KINDS.encode())
                 if kinds:
@@ -207,8 +209,7 @@ class ShardReader:
     def _mark_duplicates(self, table: pa.Table) -> tuple[pa.Table, np.ndarray]:
         """Earlier occurrences of a repeated id become error rows; returns the table and the mask of them."""
         rows = table.column(c.ROW).to_numpy()
-        hit = np.fromiter((int(r) in self.losers for r in rows), bool, len(rows)) if self.losers else \
-            np.zeros(len(rows), bool)
+        hit = np.isin(rows, self.loser_rows) if self.losers else np.zeros(len(rows), bool)
         if not hit.any():
             return table, hit
         errors = table.column(c.ERROR).to_pylist()
