@@ -17,6 +17,7 @@ ROW = "_row"  # row number inside that shard
 ERROR = "error"  # null, or why the row cannot be embedded
 SHARD_END = "_shard_end"  # non-null only on a shard's end marker row: documents the shard held
 PREV_CHUNKS = "_prev_chunks"  # chunks the document had when its shard was last recorded (null: unknown)
+EMBED_FP = "embed_fp"  # the document's fingerprint, chunks and tokens (embedder.models.fingerprint.fingerprint_text)
 SHARD_INFO = "_shard_info"  # on a shard's end marker only: JSON with duplicate ids, id kinds, the id file
 
 # Added by the tokenize step (one row per chunk).
@@ -46,7 +47,8 @@ READ_COLUMNS = (DOC_ID, TEXT, SHARD, ROW, ERROR)
 TOKENIZED_COLUMNS = (PK, DOC_ID, CHUNK_INDEX, TEXT, INPUT_IDS, N_TOKENS, TRUNCATED, SHARD, ROW, ERROR)
 EMBEDDED_COLUMNS = (PK, DOC_ID, CHUNK_INDEX, TEXT, N_TOKENS, DENSE, SPARSE_INDICES, SPARSE_VALUES, SHARD, ROW, ERROR)
 # Names a metadata column may not take (they are batch columns or collection fields).
-RESERVED = frozenset({DOC_ID, TEXT, SHARD, ROW, ERROR, SHARD_END, SHARD_INFO, PREV_CHUNKS, PK, CHUNK_INDEX, N_CHUNKS,
+RESERVED = frozenset({EMBED_FP,
+                      DOC_ID, TEXT, SHARD, ROW, ERROR, SHARD_END, SHARD_INFO, PREV_CHUNKS, PK, CHUNK_INDEX, N_CHUNKS,
                       INPUT_IDS, N_TOKENS, TRUNCATED, LANG, DOC_CHARS, AT_LIMIT, DENSE, SPARSE_INDICES, SPARSE_VALUES,
                       PADDED_LEN, FP32_RERUNS, SPARSE_FIELD})
 

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 
 def build_dataset(cfg: JobConfig, items: list[dict[str, object]], ids: IdsSink | None = None,
-                  progress: Any = None, metadata_types: dict[str, Any] | None = None) -> ray.data.Dataset:
+                  progress: Any = None, metadata_types: dict[str, Any] | None = None,
+                  change: Any = None) -> ray.data.Dataset:
     """The lazy read+tokenize -> embed dataset over shard ``items`` (:func:`cluster.stages.read.shard_items`).
 
     Args:
@@ -28,6 +29,7 @@ def build_dataset(cfg: JobConfig, items: list[dict[str, object]], ids: IdsSink |
         ids: Where the read tasks write the shards' id files (None: no manifest).
         progress: A :class:`cluster.progress.ProgressCounter` actor the read tasks report to.
         metadata_types: The collection's metadata field types (arrow); read tasks cast to them.
+        change: A :class:`cluster.stages.unchanged.ChangeCheck`: read tasks skip unchanged documents.
     """
     import ray.data
 
@@ -35,7 +37,7 @@ def build_dataset(cfg: JobConfig, items: list[dict[str, object]], ids: IdsSink |
     ds = ds.map_batches(read_and_tokenize, fn_kwargs={"source": cfg.source, "model": cfg.model,
                                                       "chunking": cfg.chunking, "lang_column": cfg.source.lang_column,
                                                       "ids": ids, "progress": progress,
-                                                      "metadata_types": metadata_types},
+                                                      "metadata_types": metadata_types, "change": change},
                         batch_size=1, batch_format="pyarrow", num_cpus=0.5)
     ds = ds.map_batches(
         EmbedStage,

@@ -52,6 +52,7 @@ class Plan:
     replaces_rows: bool = False  # the collection existed: documents may have older, longer versions
     resumed_imports: int = 0  # bulk import groups of an earlier run completed during planning
     holder: dict[str, Any] | None = None  # what this run published as the collection's holder
+    change: Any = None  # cluster.stages.unchanged.ChangeCheck: how read tasks tell unchanged documents
 
     def close(self) -> None:
         """Close the client, release the lease, stop the job's milvus-lite server (safe to call twice)."""
@@ -99,10 +100,12 @@ def plan(cfg: JobConfig) -> Plan:
     """
     from cluster.milvus import CollectionSpec, ensure_collection
     from cluster.milvus.connect import connect
+    from cluster.milvus.dense_types import check_supported
     from cluster.milvus.lite import LiteServer
     from cluster.milvus.writer import is_transient
     from cluster.retry import retry
-    from embedder.models.info import load_model_info
+    from embedder.models.fingerprint import model_fingerprint, vector_fingerprint
+    from embedder.models.info import load_model_info, matryoshka_trained
     from embedder.models.loader import check_batch_budget, check_dense_dim, check_sparse
 
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
@@ -117,19 +120,38 @@ def plan(cfg: JobConfig) -> Plan:
         check_dense_dim(cfg.model, info.dim)
         check_sparse(cfg.model, info.has_sparse_head)
         check_batch_budget(cfg.batch.max_tokens, info.max_seq_length)
-        spec = CollectionSpec(name=cfg.milvus.collection, dense_dim=cfg.model.dense_dim or info.dim,
-                              has_sparse=info.has_sparse_head and cfg.model.sparse is not False,
+        dense_dim = cfg.model.dense_dim or info.dim
+        has_sparse = info.has_sparse_head and cfg.model.sparse is not False
+        model_fp = model_fingerprint(cfg.model, info.path)
+        vector_fp = vector_fingerprint(cfg.model, cfg.chunking, model_fp=model_fp, dense_dim=dense_dim,
+                                       sparse=has_sparse, passage_prompt=info.passage_prompt,
+                                       max_seq_length=info.max_seq_length)
+        dense_type = cfg.milvus.dense_type
+        check_supported(dense_type, dense_dim, lite=cfg.milvus.is_lite, bulk=cfg.milvus.mode == "bulk_import",
+                        version=None)
+        if dense_dim < info.dim and not matryoshka_trained(info.path):
+            log.warning("%s does not say it was trained for Matryoshka truncation, and model.dense_dim=%d cuts its "
+                        "%d dimensions: measure the loss with python -m jobs.evaluate before a backfill",
+                        cfg.model.name, dense_dim, info.dim)
+        spec = CollectionSpec(name=cfg.milvus.collection, dense_dim=dense_dim, has_sparse=has_sparse,
                               store_text=cfg.milvus.store_text, text_max_length=cfg.milvus.text_max_length,
-                              metadata=metadata_types(cfg, shards))
+                              metadata=metadata_types(cfg, shards), dense_type=dense_type,
+                              model={"name": cfg.model.name, "fingerprint": model_fp, "dense_dim": dense_dim,
+                                     "dense_type": dense_type})
         the_plan = Plan(run_id=run_id, shards=shards, spec=spec, client=None, milvus=cfg.milvus, lease=lease)
         if cfg.milvus.is_lite:
             the_plan.lite = LiteServer(cfg.milvus).start()
             the_plan.milvus = the_plan.lite.effective()
         the_plan.client = connect(the_plan.milvus)
+        if not cfg.milvus.is_lite:
+            check_supported(dense_type, dense_dim, lite=False, bulk=False, version=the_plan.client.get_server_version())
+        if dense_type == "int8":
+            the_plan.spec = spec = _int8_spec(cfg, the_plan.client, spec)
         created = retry(lambda: ensure_collection(the_plan.client, spec), what="opening the collection",
                         is_transient=is_transient, for_s=min(cfg.milvus.outage_s, 60.0), logger=log)
         _hold_collection(the_plan)
         _plan_shards(cfg, the_plan, store, created=created)
+        _plan_change_check(cfg, the_plan, vector_fp)
         return the_plan
     except BaseException:
         if the_plan is not None:
@@ -137,6 +159,26 @@ def plan(cfg: JobConfig) -> Plan:
         elif lease is not None:
             lease.release()
         raise
+
+
+def _int8_spec(cfg: JobConfig, client: Any, spec: Any) -> Any:
+    """The spec with its int8 scale: the one the collection records, else milvus.int8_scale (recorded at creation)."""
+    from dataclasses import replace
+
+    from cluster.milvus.schema import recorded_model
+
+    recorded = None
+    if client.has_collection(spec.name):
+        recorded = (recorded_model(client.describe_collection(spec.name)) or {}).get("int8_scale")
+    scale = recorded or cfg.milvus.int8_scale
+    if scale is None:
+        raise ValueError("milvus.dense_type int8 needs milvus.int8_scale: run python -m jobs.evaluate with this config "
+                         "(its storage audit prints the scale calibrated on your pairs) and set it")
+    if recorded and cfg.milvus.int8_scale is not None and abs(cfg.milvus.int8_scale - recorded) > 1e-9 * recorded:
+        raise ValueError(f"milvus.int8_scale {cfg.milvus.int8_scale} differs from the {recorded} collection "
+                         f"{spec.name!r} was written with; vectors of two scales cannot be compared: leave the "
+                         "setting empty, or build a new collection with jobs.reindex")
+    return replace(spec, int8_scale=float(scale), model={**dict(spec.model), "int8_scale": float(scale)})
 
 
 def _hold_collection(the_plan: Plan) -> None:
@@ -163,6 +205,33 @@ def _hold_collection(the_plan: Plan) -> None:
             client.close()
 
     lease.on_beat = refresh
+
+
+def _plan_change_check(cfg: JobConfig, the_plan: Plan, vector_fp: str) -> None:
+    """How read tasks tell unchanged documents: the id files' fingerprints (unless the previous run stopped
+    half-way) and, when the collection may hold rows of this job, a lookup by primary key."""
+    from dataclasses import replace
+
+    from cluster.milvus.schema import has_fingerprints
+    from cluster.stages.unchanged import ChangeCheck
+
+    fingerprints = has_fingerprints(the_plan.client.describe_collection(the_plan.spec.name))
+    if not fingerprints:
+        log.warning("collection %s has no %s field (made by an earlier version): documents of changed shards are "
+                    "embedded again whole; rebuild it with jobs.reindex to skip unchanged documents",
+                    the_plan.spec.name, "embed_fp")
+        the_plan.spec = replace(the_plan.spec, fingerprints=False)
+    trust = True
+    if the_plan.manifest is not None:
+        interrupted = the_plan.manifest.open_run(the_plan.run_id)
+        if interrupted:
+            log.info("run %s did not finish: documents are skipped as unchanged only once the collection confirms "
+                     "their fingerprints", interrupted)
+            trust = False
+    lookup = the_plan.replaces_rows and fingerprints
+    the_plan.change = ChangeCheck(vector_fp=vector_fp, trust_manifest=trust,
+                                  milvus=the_plan.milvus if lookup else None, collection=the_plan.spec.name,
+                                  outage_s=min(cfg.milvus.outage_s, 60.0))
 
 
 def take_lease(cfg: JobConfig, store: Store | None, run_id: str) -> Lease | None:

@@ -99,6 +99,10 @@ class RunTracker:
     def total(self, key: str) -> int:
         return sum(getattr(s, key) for s in self.shards.values())
 
+    def info_total(self, key: str) -> int:
+        """A count the read tasks report per shard (on its end marker), summed."""
+        return sum(int(s.info.get(key, 0)) for s in self.shards.values())
+
     @property
     def docs_read(self) -> int:
         return self.total("docs_seen")
@@ -155,7 +159,9 @@ class RunTracker:
         padded = self.total("padded_tokens")
         steady = (self.last_at - self.first_at) if self.first_at is not None and self.last_at is not None else 0.0
         return {
-            "docs_read": self.docs_read,
+            "docs_read": self.docs_read + self.info_total("unchanged"),
+            "docs_unchanged": self.info_total("unchanged"),  # skipped: their rows held this version already
+            "tokens_skipped": self.info_total("tokens_skipped"),
             "chunks_embedded": self.total("chunks_ok"),
             "rows_written": self.total("rows_written"),
             "docs_failed": self.docs_failed,

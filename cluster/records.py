@@ -120,8 +120,13 @@ class ShardCounts:
     @property
     def done(self) -> bool:
         """Everything of the shard has arrived (it may still have failed: see ``error``)."""
-        return (self.docs_total is not None and self.docs_seen >= self.docs_total
+        return (self.docs_total is not None and self.docs_seen + self.unchanged >= self.docs_total
                 and self.chunks_seen >= self.chunks_expected)
+
+    @property
+    def unchanged(self) -> int:
+        """Documents the read task skipped: their rows already held this version."""
+        return int(self.info.get("unchanged", 0))
 
     @property
     def ok(self) -> bool:
@@ -130,6 +135,7 @@ class ShardCounts:
 
     def manifest_counts(self) -> dict[str, Any]:
         """What the shard's manifest record keeps of it."""
-        return {"docs": self.docs_total, "chunks": self.chunks_ok, "chunks_failed": self.chunks_failed,
+        return {"docs": self.docs_total, "chunks": self.chunks_ok + int(self.info.get("chunks_unchanged", 0)),
+                "docs_unchanged": self.unchanged, "chunks_failed": self.chunks_failed,
                 "docs_failed": self.docs_failed, "docs_unique": self.info.get("docs_unique"),
                 "duplicates": self.info.get("duplicates", 0)}

@@ -102,7 +102,8 @@ class Run:
             items = shard_items(p.shards, {s.path: (p.records.get(s.path) or {}).get("ids") for s in p.shards},
                                 {s.path: m.ids_rel(s.path, p.run_id) for s in p.shards},
                                 {s.path: m.pending_rel(s.path, p.run_id) for s in p.shards})
-        self.dataset = build_dataset(cfg, items, ids, self.counter, metadata_types=dict(p.spec.metadata))
+        self.dataset = build_dataset(cfg, items, ids, self.counter, metadata_types=dict(p.spec.metadata),
+                                     change=p.change)
 
     def _stream(self) -> None:
         assert self.sink is not None
@@ -286,7 +287,7 @@ class Run:
             try:
                 items = shard_items(shards, {}, {}, {}, {s.path: repairs[s.path]["file"] for s in shards})
                 ids = IdsSink(m.uri, dict(cfg.checkpoint.storage_options or cfg.source.storage_options))
-                dataset = build_dataset(cfg, items, ids, None, metadata_types=dict(p.spec.metadata))
+                dataset = build_dataset(cfg, items, ids, None, metadata_types=dict(p.spec.metadata), change=p.change)
                 for bundle in dataset.iter_internal_ref_bundles():
                     for ref in bundle.block_refs:
                         pool.submit(ref, tick=self._check_lease)

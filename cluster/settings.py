@@ -98,6 +98,14 @@ class MilvusConfig:
     db_name: str | None = doc("Milvus database on a server. Empty = default.")
     store_text: bool = doc("Store the chunk text in a VARCHAR field `text`.", True)
     text_max_length: int = doc("VARCHAR capacity (bytes) of the `text` field.", 65535)
+    dense_type: Literal["float32", "float16", "bfloat16", "int8", "binary"] = doc(
+        "How dense vectors are stored: float32; float16 / bfloat16 (half the bytes; Milvus >= 2.4); int8 (a "
+        "quarter; one scale calibrated on the first vectors written, kept with the collection; Milvus >= 2.6); "
+        "binary (sign bits, 1/32; dim a multiple of 8, Hamming distance). milvus-lite stores float32 only. "
+        "python -m jobs.evaluate audits what each costs in recall.", "float32")
+    int8_scale: float | None = doc("dense_type int8: vectors are stored as round(x * scale), clipped to +-127. "
+                                   "jobs.evaluate prints the scale calibrated on your pairs; it is recorded with "
+                                   "the collection at creation (later runs use the recorded one).")
     mode: Literal["upsert", "bulk_import"] = doc("upsert (rows over the API) or bulk_import (parquet files "
                                                  "imported by a Milvus server).", "upsert")
     write_batch_rows: int = doc("Most rows in one upsert request (requests also stay under 64 MB).", 1000)
@@ -125,6 +133,9 @@ class MilvusConfig:
 
     def __post_init__(self) -> None:
         choice("milvus.mode", self.mode, ("upsert", "bulk_import"))
+        choice("milvus.dense_type", self.dense_type, ("float32", "float16", "bfloat16", "int8", "binary"))
+        if self.int8_scale is not None and not self.int8_scale > 0:
+            raise ValueError(f"milvus.int8_scale must be > 0, got {self.int8_scale}")
         if not self.collection or not self.collection.replace("_", "a").isalnum() or self.collection[0].isdigit():
             raise ValueError(f"milvus.collection {self.collection!r}: use letters, digits and '_' "
                              "(not starting with a digit)")

@@ -260,7 +260,8 @@ def _headline(avg: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluate(pairs: Pairs, vectors: Vectors, *, configured_dim: int | None, dims: Sequence[int | str],
-             max_recall_drop: float = MAX_RECALL_DROP) -> dict[str, Any]:
+             max_recall_drop: float = MAX_RECALL_DROP, dense_type: str = "float32",
+             matryoshka_trained: bool | None = None, model: str = "the model") -> dict[str, Any]:
     """Every figure of the report (without Milvus), as a JSON-ready dict."""
     n = len(pairs)
     full_dim = int(vectors.queries.shape[1])
@@ -286,7 +287,20 @@ def evaluate(pairs: Pairs, vectors: Vectors, *, configured_dim: int | None, dims
         audit.append({"dim": dim, "bytes_per_million": ev.storage_bytes_per_million(dim, 4),
                       "configured": dim == stored_dim, **avg,
                       "recall@10_drop": ev.recall_drop(full_head["dense"], _headline(avg)["dense"])})
+    from jobs.storage_audit import storage_audit
+
+    def headline_of(chunk_scores: np.ndarray) -> dict[str, Any]:
+        return _headline(averages(pair_metrics(pairs, vectors.failed, _doc_scores(chunk_scores, vectors, n),
+                                               None)))["dense"]
+
+    storage = storage_audit(audit_dims, full_dim, vectors.queries, vectors.docs, headline_of,
+                            configured=(stored_dim, dense_type))
     warnings = []
+    if configured_dim and configured_dim < full_dim and not matryoshka_trained:
+        warnings.append(f"{model} does not say it was trained for Matryoshka truncation (its model card and "
+                        f"configs never mention it), and model.dense_dim={configured_dim} cuts its {full_dim} "
+                        "dimensions: such a cut costs more than for a Matryoshka-trained model; the audits above "
+                        "measure it on this sample")
     if configured_dim and configured_dim < full_dim:
         drop = ev.recall_drop(full_head["dense"], _headline(averages(rows))["dense"])
         if drop > max_recall_drop:
@@ -298,7 +312,8 @@ def evaluate(pairs: Pairs, vectors: Vectors, *, configured_dim: int | None, dims
         "items": pairs.items, "languages": list(pairs.languages), "texts": n,
         "failed": {f"{pairs.item_ids[i]}/{pairs.langs[i]}": why for i, why in sorted(vectors.failed.items())},
         "full_dim": full_dim, "dim": stored_dim, "modes": [m for m in ("dense", "sparse", "hybrid") if m in rows[0]],
-        "pairs": rows, "averages": averages(rows), "matryoshka": audit, "max_recall_drop": max_recall_drop,
+        "pairs": rows, "averages": averages(rows), "matryoshka": audit, "storage": storage,
+        "dense_type": dense_type, "max_recall_drop": max_recall_drop,
         "warnings": warnings,
     }
 
@@ -450,6 +465,10 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"{row['dim']:>5} {_bytes(row['bytes_per_million']):>10}  "
                      + " | ".join(" ".join(_fmt(avg[m][k]) for k in ev.METRICS) for m in audit_modes)
                      + f"  {row['recall@10_drop']:>+10.3f}{mark}")
+    if report.get("storage"):
+        from jobs.storage_audit import format_storage_audit
+
+        lines += [""] + format_storage_audit(report["storage"], scope)
     milvus = report.get("milvus")
     if milvus:
         mem = report["averages"]
@@ -549,8 +568,11 @@ def main(argv: list[str] | None = None) -> int:
         log.info("embedded %d passages and %d queries in %.1f s", len(vectors.docs), len(vectors.queries),
                  vectors.encode_s)
         report: dict[str, Any] = {"model": cfg.model.name, "pairs_source": args.pairs}
+        from embedder.models.info import matryoshka_trained
+
         report.update(evaluate(pairs, vectors, configured_dim=configured_dim, dims=args.dims,
-                               max_recall_drop=args.max_recall_drop))
+                               max_recall_drop=args.max_recall_drop, dense_type=cfg.milvus.dense_type,
+                               matryoshka_trained=matryoshka_trained(encoder.info.path), model=cfg.model.name))
         report["encode_s"] = round(vectors.encode_s, 3)
         if args.through_milvus:
             report["milvus"] = evaluate_through_milvus(pairs, vectors, configured_dim or encoder.dim,

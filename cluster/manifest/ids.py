@@ -2,7 +2,9 @@
 
 Each finished shard has a parquet file of its document ids (``doc_id``, sorted, unique, compared
 as the exact strings the reader produced) with ``n_chunks``: the rows the document has in Milvus
-after the run (its new chunk count, or for a rejected document the count it had before). The
+after the run (its new chunk count, or for a rejected document the count it had before), and
+``fp`` / ``n_tokens``: the fingerprint of the version those rows hold and its tokens (0 / null
+when unknown; files written before fingerprints existed lack both columns). The
 read task that streamed the shard writes the file; the driver never holds ids.
 
 Set operations stream the files:
@@ -31,23 +33,33 @@ from cluster import contract as c
 log = logging.getLogger(__name__)
 
 SCHEMA = pa.schema([(c.DOC_ID, pa.string()), (c.N_CHUNKS, pa.int32())])
+FP = "fp"
+ID_SCHEMA = pa.schema([(c.DOC_ID, pa.string()), (c.N_CHUNKS, pa.int32()), (FP, pa.uint64()),
+                       (c.N_TOKENS, pa.int64())])
 BATCH_ROWS = 8_192  # ids read from one file at a time: a merge holds about FAN_IN x BATCH_ROWS ids
 FAN_IN = 64
 FILE_ROW_GROUP = BATCH_ROWS  # a reader decodes a whole row group: keep them batch-sized
 
 
-def shard_ids(doc_ids: pa.Array, n_chunks: np.ndarray) -> tuple[pa.Table, int]:
-    """Sorted, unique ids of one shard with their chunk counts (the largest for a repeated id).
+def shard_ids(doc_ids: pa.Array, n_chunks: np.ndarray, fps: np.ndarray | None = None,
+              tokens: np.ndarray | None = None) -> tuple[pa.Table, int]:
+    """Sorted, unique ids of one shard with their chunk counts, fingerprints and tokens (the largest of each
+    for a repeated id).
 
     Returns:
         ``(table, duplicates)``: duplicates = rows beyond the first of each repeated id.
     """
-    table = pa.table({c.DOC_ID: doc_ids.cast(pa.string()), c.N_CHUNKS: pa.array(n_chunks, pa.int32())})
+    n = len(doc_ids)
+    table = pa.table({c.DOC_ID: doc_ids.cast(pa.string()), c.N_CHUNKS: pa.array(n_chunks, pa.int32()),
+                      FP: pa.array(fps if fps is not None else np.zeros(n, np.uint64), pa.uint64()),
+                      c.N_TOKENS: pa.array(tokens if tokens is not None else np.zeros(n, np.int64), pa.int64())})
     table = table.filter(pc.is_valid(table.column(c.DOC_ID)))
-    grouped = table.group_by(c.DOC_ID).aggregate([(c.N_CHUNKS, "max"), (c.N_CHUNKS, "count")])
+    grouped = table.group_by(c.DOC_ID).aggregate([(c.N_CHUNKS, "max"), (c.N_CHUNKS, "count"), (FP, "max"),
+                                                  (c.N_TOKENS, "max")])
     duplicates = table.num_rows - grouped.num_rows
-    out = pa.table({c.DOC_ID: grouped.column(c.DOC_ID), c.N_CHUNKS: grouped.column(f"{c.N_CHUNKS}_max")},
-                   schema=SCHEMA)
+    out = pa.table({c.DOC_ID: grouped.column(c.DOC_ID), c.N_CHUNKS: grouped.column(f"{c.N_CHUNKS}_max"),
+                    FP: grouped.column(f"{FP}_max"), c.N_TOKENS: grouped.column(f"{c.N_TOKENS}_max")},
+                   schema=ID_SCHEMA)
     return out.sort_by(c.DOC_ID), duplicates
 
 
@@ -71,6 +83,16 @@ def read_table(fs: Any, path: str) -> pa.Table:
     """A whole id file (one shard's ids: bounded by the shard's size)."""
     with fs.open(path, "rb") as f:
         return pq.read_table(f, schema=SCHEMA)
+
+
+def read_ids(fs: Any, path: str) -> pa.Table:
+    """A whole id file with its fingerprints (:data:`ID_SCHEMA`; zeros where a file predates them)."""
+    with fs.open(path, "rb") as f:
+        table = pq.read_table(f)
+    for name in (FP, c.N_TOKENS):
+        if name not in table.column_names:
+            table = table.append_column(name, pa.array(np.zeros(table.num_rows, np.uint64 if name == FP else np.int64)))
+    return table.select(ID_SCHEMA.names).cast(ID_SCHEMA)
 
 
 def iter_batches(fs: Any, path: str, rows: int = BATCH_ROWS) -> Iterator[pa.Array]:

@@ -4,7 +4,9 @@ Layout under ``checkpoint.uri`` (local folder or ``s3://``), one folder per job 
 of the settings that decide the rows: source, model, chunking, target collection, key scheme):
 
 * ``job.json``: the identity, for people;
-* ``state.json``: the generation, whether the last run of it finished, the source's id kind;
+* ``state.json``: the generation, whether the last run of it finished, the run that may be writing
+  (``open_run``: left behind by a run that stopped, so that the next one trusts no fingerprint of
+  the id files without the collection's word), the source's id kind;
 * ``shards/<key>.json``: one record per shard (path, size, version, counts, the generation that
   finished it, its id file), written only after the shard's rows are written and its rejects
   are in the dead-letter files (bulk import: after its import job completed);
@@ -190,7 +192,16 @@ class Manifest:
 
     def set_finished(self, summary: dict[str, Any]) -> None:
         self.state = {**self.state, "finished": True, "finished_at": time.time(), "summary": summary}
+        self.state.pop("open_run", None)
         self._save_state()
+
+    def open_run(self, run_id: str) -> str | None:
+        """Note that ``run_id`` may write from now on; returns the run noted before it that never finished
+        (its writes may be newer than what the id files record), or None."""
+        before = self.state.get("open_run")
+        self.state = {**self.state, "open_run": run_id}
+        self._save_state()
+        return before
 
     def id_kind(self) -> tuple[str, str] | None:
         """``(kind, shard)``: the id column kind the first recorded shard had (string or integer)."""

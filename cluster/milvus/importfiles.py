@@ -86,6 +86,8 @@ def import_schema(spec: CollectionSpec) -> pa.Schema:
     """The arrow schema of the import files of ``spec``: its fields, in order, with the types Milvus reads."""
     fields = [pa.field(C.PK, pa.string(), nullable=False), pa.field(C.DOC_ID, pa.string(), nullable=False),
               pa.field(C.CHUNK_INDEX, pa.int32(), nullable=False)]
+    if spec.fingerprints:
+        fields.append(pa.field(C.EMBED_FP, pa.string(), nullable=False))
     if spec.store_text:
         fields.append(pa.field(C.TEXT, pa.string(), nullable=False))
     fields.append(pa.field(C.DENSE, pa.list_(pa.float32()), nullable=False))
@@ -170,6 +172,8 @@ def import_table(table: pa.Table, spec: CollectionSpec) -> pa.Table:
         raise ValueError(f"{chunk_index.null_count} row(s) have a null {C.CHUNK_INDEX}")
     arrays: list[pa.Array] = [R.column(table, C.PK).cast(pa.string()), R.column(table, C.DOC_ID).cast(pa.string()),
                               chunk_index.cast(pa.int32())]
+    if spec.fingerprints:
+        arrays.append(R.fingerprints(table))
     if spec.store_text:
         arrays.append(pc.fill_null(cut_strings(R.column(table, C.TEXT), spec.text_max_length), ""))
     arrays.append(_dense(table, spec.dense_dim))

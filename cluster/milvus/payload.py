@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from cluster import contract as C
+from cluster.milvus.dense_types import encode_rows
 from cluster.milvus.schema import DOC_ID_MAX_LENGTH, METADATA_VARCHAR_MAX_LENGTH, PK_MAX_LENGTH, CollectionSpec
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,13 @@ def row_bytes(table: pa.Table, spec: CollectionSpec, sparse: SparseColumn | None
     return size
 
 
+def fingerprints(table: pa.Table) -> pa.Array:
+    """The ``embed_fp`` column, "" where a row has none (a row without one is never skipped as unchanged)."""
+    if C.EMBED_FP not in table.column_names:
+        return pa.array([""] * table.num_rows, pa.string())
+    return pc.fill_null(column(table, C.EMBED_FP).cast(pa.string()), "")
+
+
 def to_rows(table: pa.Table, spec: CollectionSpec, *, sparse_as: str = "csr") -> list[dict[str, object]]:
     """Row dicts: dense as lists of floats, sparse as 1-row CSR matrices (``MilvusClient.upsert``)
     or, with ``sparse_as="lists"``, as ``{"indices", "values"}`` dicts (pymilvus' bulk writer).
@@ -191,10 +199,12 @@ def to_rows(table: pa.Table, spec: CollectionSpec, *, sparse_as: str = "csr") ->
         C.DOC_ID: column(table, C.DOC_ID).cast(pa.string()).to_pylist(),
         C.CHUNK_INDEX: column(table, C.CHUNK_INDEX).cast(pa.int64()).to_pylist(),
     }
+    if spec.fingerprints:
+        cols[C.EMBED_FP] = fingerprints(table).to_pylist()
     if spec.store_text:
         cols[C.TEXT] = [t or "" for t in strings(table, C.TEXT, spec.text_max_length)]
     # nested lists: pymilvus extends its protobuf from a list faster than from ndarray rows (measured)
-    cols[C.DENSE] = dense_matrix(table, spec.dense_dim).tolist()
+    cols[C.DENSE] = encode_rows(dense_matrix(table, spec.dense_dim), spec.dense_type, spec.int8_scale)
     if spec.has_sparse:
         sparse = sparse_column(table)
         cols["sparse"] = sparse_rows(sparse) if sparse_as == "csr" else sparse_lists(sparse)

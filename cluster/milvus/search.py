@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
-from pymilvus import AnnSearchRequest, MilvusClient, MilvusException, RRFRanker
+from pymilvus import AnnSearchRequest, DataType, MilvusClient, MilvusException, RRFRanker
 
 from cluster import contract as C
 from cluster.milvus.schema import DENSE, SPARSE
@@ -54,20 +54,37 @@ def _fields(client: MilvusClient, collection: str) -> dict[str, dict[str, Any]]:
     return {f["name"]: f for f in client.describe_collection(collection)["fields"]}
 
 
-def _dense_params(client: MilvusClient, collection: str, top_k: int, filtered: bool = False) -> dict[str, Any]:
+def _dense_type(client: MilvusClient, collection: str, fields: Mapping[str, Any]) -> tuple[str, float | None]:
+    """The collection's ``milvus.dense_type`` (from its field type) and its int8 scale (from its model property)."""
+    from cluster.milvus.dense_types import FIELD_TYPE
+    from cluster.milvus.schema import recorded_model
+
+    kind = DataType(fields[DENSE]["type"]) if DENSE in fields else DataType.FLOAT_VECTOR
+    dense_type = next((name for name, t in FIELD_TYPE.items() if t == kind), "float32")
+    scale = None
+    if dense_type == "int8":
+        scale = (recorded_model(client.describe_collection(collection)) or {}).get("int8_scale")
+        if not scale:
+            raise ValueError(f"collection '{collection}' stores int8 vectors but records no int8_scale: queries "
+                             "cannot be quantized like its vectors")
+    return dense_type, scale
+
+
+def _dense_params(client: MilvusClient, collection: str, top_k: int, filtered: bool = False,
+                  metric: str = "IP") -> dict[str, Any]:
     index = client.describe_index(collection, DENSE) or {}
     params: dict[str, Any] = {}
     if str(index.get("index_type", "")).upper() in ("HNSW", "HNSW_SQ"):
         # A filter removes candidates from the HNSW walk: search wider to keep recall (measured: 64 lost
         # 0.026 cross-lingual recall@10 with a language filter on the evaluation set, 128 lost none).
         params["ef"] = max(128 if filtered else 64, top_k)
-    return {"metric_type": "IP", "params": params}
+    return {"metric_type": metric, "params": params}
 
 
-def _hit(raw: Mapping[str, Any], score: float | None = None) -> dict[str, Any]:
+def _hit(raw: Mapping[str, Any], score: float | None = None, sign: float = 1.0) -> dict[str, Any]:
     entity = dict(raw.get("entity") or {})
     hit: dict[str, Any] = {C.PK: raw.get(C.PK, raw.get("id", entity.get(C.PK))),
-                           "score": float(raw.get("distance", 0.0) if score is None else score)}
+                           "score": float(sign * raw.get("distance", 0.0) if score is None else score)}
     hit[C.DOC_ID] = entity.pop(C.DOC_ID, None)
     hit[C.CHUNK_INDEX] = entity.pop(C.CHUNK_INDEX, None)
     if C.TEXT in entity:
@@ -96,7 +113,8 @@ def search(client: MilvusClient, collection: str, *, dense: np.ndarray | Sequenc
 
     Returns:
         Hits, best first: ``{"pk", "score", "doc_id", "chunk_index", "text" (when stored),
-        "metadata": {field: value}}``. Scores are inner products (dense, sparse) or RRF scores (hybrid).
+        "metadata": {field: value}}``. Scores are inner products (dense, sparse; int8: of the quantized
+        vectors), minus the Hamming distance (binary), or RRF scores (hybrid).
 
     Raises:
         ValueError: A vector the mode needs is missing, or the collection has no sparse field.
@@ -111,17 +129,24 @@ def search(client: MilvusClient, collection: str, *, dense: np.ndarray | Sequenc
     if mode != "dense" and SPARSE not in fields:
         raise ValueError(f"collection '{collection}' has no sparse field: use mode 'dense'")
     if output_fields is None:
-        output_fields = [n for n, f in fields.items() if n not in (C.PK, DENSE, SPARSE)
+        output_fields = [n for n, f in fields.items() if n not in (C.PK, C.EMBED_FP, DENSE, SPARSE)
                          and "VECTOR" not in getattr(f["type"], "name", "")]
     output_fields = list(output_fields)
-    dense_vec = None if dense is None else np.asarray(dense, dtype=np.float32).reshape(-1).tolist()
+    dense_vec, metric = None, "IP"
+    if dense is not None:
+        from cluster.milvus.dense_types import encode_query
+        from cluster.milvus.dense_types import metric as metric_of
+
+        dense_type, scale = _dense_type(client, collection, fields)
+        dense_vec, metric = encode_query(np.asarray(dense, dtype=np.float32).reshape(-1), dense_type, scale), \
+            metric_of(dense_type)
     sparse_vec = None if sparse is None else sparse_query(sparse)
 
     if mode == "dense":
         res = client.search(collection, data=[dense_vec], anns_field=DENSE, limit=top_k, filter=filter,
-                            search_params=_dense_params(client, collection, top_k, bool(filter)),
+                            search_params=_dense_params(client, collection, top_k, bool(filter), metric),
                             output_fields=output_fields)
-        return [_hit(h) for h in res[0]]
+        return [_hit(h, sign=-1.0 if metric == "HAMMING" else 1.0) for h in res[0]]  # higher is better
     if mode == "sparse":
         res = client.search(collection, data=[sparse_vec], anns_field=SPARSE, limit=top_k, filter=filter,
                             search_params={"metric_type": "IP", "params": {}}, output_fields=output_fields)
@@ -129,7 +154,8 @@ def search(client: MilvusClient, collection: str, *, dense: np.ndarray | Sequenc
 
     n = max(top_k, candidates or 50)
     dense_req = AnnSearchRequest(data=[dense_vec], anns_field=DENSE,
-                                 param=_dense_params(client, collection, n, bool(filter)), limit=n, expr=filter or None)
+                                 param=_dense_params(client, collection, n, bool(filter), metric), limit=n,
+                                 expr=filter or None)
     sparse_req = AnnSearchRequest(data=[sparse_vec], anns_field=SPARSE, param={"metric_type": "IP", "params": {}},
                                   limit=n, expr=filter or None)
     try:
@@ -140,7 +166,7 @@ def search(client: MilvusClient, collection: str, *, dense: np.ndarray | Sequenc
         if "UNIMPLEMENTED" not in str(e).upper() and "not support" not in str(e).lower():
             raise
         log.info("hybrid_search is not available (%s): fusing dense and sparse results here", e)
-    lists = [search(client, collection, dense=dense_vec, mode="dense", top_k=n, output_fields=output_fields,
+    lists = [search(client, collection, dense=dense, mode="dense", top_k=n, output_fields=output_fields,
                     filter=filter),
              search(client, collection, sparse=sparse, mode="sparse", top_k=n, output_fields=output_fields,
                     filter=filter)]

@@ -10,6 +10,9 @@ of its shard, it also:
   this costs a first pass over the shard that keeps only its ids and row numbers;
 * casts the metadata columns to the collection's field types; a value that does not convert
   (a string in an INT64 field) becomes an error row naming the column, never a refused request;
+* skips documents whose rows already hold exactly what it would embed (same fingerprint: see
+  :mod:`cluster.stages.unchanged`), counting their chunks and tokens instead of embedding them;
+  every other chunk row carries its document's ``embed_fp`` into the collection;
 * tags each document with the chunk count it had when the shard was last recorded
   (``_prev_chunks``), so that writers delete only the stale tails of documents that shrank;
 * writes the shard's id file (sorted ids with chunk counts) and, when documents left the
@@ -34,7 +37,10 @@ from cluster import contract as c
 from cluster.settings import SourceConfig
 from cluster.source import Shard, ShardError, read_shard
 from cluster.source.row_checks import ID_KINDS
+from cluster.stages.arrow import is_payload
 from cluster.stages.tokenize import get_tokenizer, tokenize_table
+from cluster.stages.unchanged import ChangeCheck, fingerprint_column, stored_unchanged
+from embedder.models.fingerprint import doc_fingerprints
 from embedder.settings import ChunkingConfig, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -60,10 +66,12 @@ def shard_items(shards: list[Shard], prev_ids: dict[str, str | None], ids_out: d
 
 def read_and_tokenize(batch: pa.Table, *, source: SourceConfig, model: ModelConfig, chunking: ChunkingConfig,
                       lang_column: str | None = None, ids: IdsSink | None = None, progress: Any = None,
-                      metadata_types: dict[str, pa.DataType] | None = None) -> Iterator[pa.Table]:
+                      metadata_types: dict[str, pa.DataType] | None = None,
+                      change: ChangeCheck | None = None) -> Iterator[pa.Table]:
     """Chunk rows of every shard in ``batch`` (items of :func:`shard_items`), each shard closed by its marker."""
     for item in batch.to_pylist():
-        yield from ShardReader(item, source, model, chunking, lang_column, ids, progress, metadata_types).run()
+        yield from ShardReader(item, source, model, chunking, lang_column, ids, progress, metadata_types,
+                               change).run()
 
 
 DUPLICATE_ID = "duplicate_id"  # the reason of a row whose id a later row of the same shard repeats
@@ -134,8 +142,9 @@ class ShardReader:
 
     def __init__(self, item: dict[str, Any], source: SourceConfig, model: ModelConfig, chunking: ChunkingConfig,
                  lang_column: str | None, ids: IdsSink | None, progress: Any,
-                 metadata_types: dict[str, pa.DataType] | None = None) -> None:
+                 metadata_types: dict[str, pa.DataType] | None = None, change: ChangeCheck | None = None) -> None:
         self.item, self.source, self.lang_column, self.progress = item, source, lang_column, progress
+        self.change = change
         self.metadata_types = {k: v for k, v in (metadata_types or {}).items() if isinstance(v, pa.DataType)}
         self.shard = Shard(path=item["path"], format=item["format"], size=item["size"], version=item["version"])
         self.tok = get_tokenizer(model, chunking)
@@ -149,6 +158,9 @@ class ShardReader:
         self.kinds: set[str] = set()
         self.id_parts: list[pa.Array] = []
         self.count_parts: list[np.ndarray] = []
+        self.fp_parts: list[np.ndarray] = []
+        self.token_parts: list[np.ndarray] = []
+        self.unchanged = {"unchanged": 0, "chunks_unchanged": 0, "tokens_skipped": 0}
         self.schema: pa.Schema | None = None
         self.losers: dict[int, int] = {}  # row -> the later row of the same id, which is embedded instead
         self.loser_rows = np.zeros(0, np.int64)
@@ -156,10 +168,10 @@ class ShardReader:
     def _previous_ids(self) -> pa.Table | None:
         if self.store is None or not self.item.get("prev_ids"):
             return None
-        from cluster.manifest.ids import read_table
+        from cluster.manifest.ids import read_ids
 
         try:
-            return read_table(self.store.fs, self.store.path(self.item["prev_ids"]))
+            return read_ids(self.store.fs, self.store.path(self.item["prev_ids"]))
         except FileNotFoundError:
             log.warning("the id file %s of %s is gone; its documents count as new", self.item["prev_ids"],
                         self.shard.path)
@@ -191,7 +203,7 @@ class ShardReader:
         except ShardError as e:
             log.warning("%s", e)
             error = str(e)
-        info: dict[str, Any] = {"id_kinds": sorted(self.kinds), "duplicates": len(self.losers)}
+        info: dict[str, Any] = {"id_kinds": sorted(self.kinds), "duplicates": len(self.losers), **self.unchanged}
         if error is None:
             info.update(self._write_ids())
         yield self._end_marker(docs, error, info)
@@ -234,31 +246,93 @@ class ShardReader:
             repeated = np.zeros(table.num_rows, bool)
             where = pc.index_in(table.column(c.DOC_ID), value_set=self.repair.column(c.DOC_ID))
             prev = pc.take(self.repair.column(c.N_CHUNKS), where).combine_chunks()
+            prev_fp, prev_tokens = np.zeros(table.num_rows, np.uint64), np.zeros(table.num_rows, np.int64)
         else:
-            prev = self._prev_chunks(table.column(c.DOC_ID))
+            prev, prev_fp, prev_tokens = self._prev_columns(table.column(c.DOC_ID))
+        fps = np.zeros(table.num_rows, np.uint64)
+        if self.change is not None:
+            docs = is_payload(table) & ~repeated
+            texts = table.column(c.TEXT).to_pylist()
+            fps = doc_fingerprints(self.change.vector_fp, [t if docs[i] else None for i, t in enumerate(texts)])
+            if self.repair is None:  # a repair writes its ids whatever they hold
+                skip = self._skip_unchanged(table, fps, prev, prev_fp, prev_tokens)
+                if skip.any():
+                    keep = pa.array(~skip)
+                    table, prev = table.filter(keep), prev.filter(keep)
+                    fps, prev_fp, prev_tokens, repeated = fps[~skip], prev_fp[~skip], prev_tokens[~skip], \
+                        repeated[~skip]
         table = table.append_column(c.PREV_CHUNKS, prev).append_column(c.SHARD_END, pa.nulls(table.num_rows,
                                                                                             pa.int64()))
         out, per_row = tokenize_table(table, self.tok, self.lang_column)
+        is_chunk = pc.is_valid(out.column(c.CHUNK_INDEX)).to_numpy(zero_copy_only=False)
+        src = pc.index_in(out.column(c.ROW), value_set=table.column(c.ROW).combine_chunks())
+        src = src.to_numpy(zero_copy_only=False)
+        src = np.where(is_chunk, src, 0).astype(np.int64)
+        row_tokens = np.bincount(src[is_chunk], weights=out.column(c.N_TOKENS).to_numpy()[is_chunk],
+                                 minlength=table.num_rows).astype(np.int64)
         # The id file keeps, per document, the rows it has in Milvus after this run: its new chunk
-        # count, or (rejected now) what it had before.
-        counts = np.where(per_row > 0, per_row, pc.fill_null(prev, 0).to_numpy(zero_copy_only=False)).astype(np.int32)
+        # count, fingerprint and tokens, or (rejected now) what it had before.
+        embedded = per_row > 0
+        counts = np.where(embedded, per_row, pc.fill_null(prev, 0).to_numpy(zero_copy_only=False)).astype(np.int32)
         keep = ~repeated  # an earlier occurrence is not the document: its id is accounted for by the last one
-        self.id_parts.append(table.column(c.DOC_ID).combine_chunks().filter(pa.array(keep)))
-        self.count_parts.append(counts[keep])
+        self._add_ids(table.column(c.DOC_ID).combine_chunks().filter(pa.array(keep)), counts[keep],
+                      np.where(embedded, fps, prev_fp)[keep], np.where(embedded, row_tokens, prev_tokens)[keep])
+        out = out.append_column(c.EMBED_FP, pa.array(fingerprint_column(fps, per_row, row_tokens, src, is_chunk),
+                                                     pa.string()))
         return out.append_column(c.SHARD_INFO, pa.nulls(out.num_rows, pa.string()))
 
-    def _prev_chunks(self, doc_ids: pa.ChunkedArray) -> pa.Array:
+    def _add_ids(self, ids: pa.Array, counts: np.ndarray, fps: np.ndarray, tokens: np.ndarray) -> None:
+        self.id_parts.append(ids)
+        self.count_parts.append(counts.astype(np.int32))
+        self.fp_parts.append(fps.astype(np.uint64))
+        self.token_parts.append(tokens.astype(np.int64))
+
+    def _skip_unchanged(self, table: pa.Table, fps: np.ndarray, prev: pa.Array, prev_fp: np.ndarray,
+                        prev_tokens: np.ndarray) -> np.ndarray:
+        """Rows whose document's rows already hold this version: their ids are accounted for here."""
+        assert self.change is not None
+        prev_n = pc.fill_null(prev, 0).to_numpy(zero_copy_only=False).astype(np.int32)
+        known = (fps != 0) & (prev_fp == fps) & (prev_n > 0)
+        skip = known if self.change.trust_manifest else np.zeros(len(fps), bool)
+        chunks, tokens = np.where(skip, prev_n, 0).astype(np.int32), np.where(skip, prev_tokens, 0)
+        # Not known from the id file (new here, or its fingerprint unknown), or the id file not trusted: ask
+        # the collection. A document whose recorded fingerprint differs has changed: nothing to ask.
+        ask = (fps != 0) & ~skip & ((prev_fp == 0) | ~np.bool_(self.change.trust_manifest))
+        if ask.any() and self.change.milvus is not None:
+            idx = np.flatnonzero(ask)
+            ids = [str(x) for x in table.column(c.DOC_ID).take(pa.array(idx)).to_pylist()]
+            ok, got_chunks, got_tokens = stored_unchanged(self.change, ids, fps[idx])
+            skip[idx[ok]] = True
+            chunks[idx[ok]], tokens[idx[ok]] = got_chunks[ok], got_tokens[ok]
+        if skip.any():
+            self._add_ids(table.column(c.DOC_ID).combine_chunks().filter(pa.array(skip)), chunks[skip], fps[skip],
+                          tokens[skip])
+            self.unchanged["unchanged"] += int(skip.sum())
+            self.unchanged["chunks_unchanged"] += int(chunks[skip].sum())
+            self.unchanged["tokens_skipped"] += int(tokens[skip].sum())
+        return skip
+
+    def _prev_columns(self, doc_ids: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+        """Per row: the chunks, fingerprint and tokens its document had when the shard was last recorded."""
+        n = len(doc_ids)
         if self.prev is None or not self.prev.num_rows:
-            return pa.nulls(len(doc_ids), pa.int32())
+            return pa.nulls(n, pa.int32()), np.zeros(n, np.uint64), np.zeros(n, np.int64)
+        from cluster.manifest.ids import FP
+
         where = pc.index_in(doc_ids, value_set=self.prev.column(c.DOC_ID))
-        return pc.take(self.prev.column(c.N_CHUNKS), where).combine_chunks()
+        chunks = pc.take(self.prev.column(c.N_CHUNKS), where).combine_chunks()
+        fp = pc.fill_null(pc.take(self.prev.column(FP), where), 0).to_numpy(zero_copy_only=False).astype(np.uint64)
+        tokens = pc.fill_null(pc.take(self.prev.column(c.N_TOKENS), where), 0).to_numpy(zero_copy_only=False)
+        return chunks, fp, tokens.astype(np.int64)
 
     def _write_ids(self) -> dict[str, Any]:
         from cluster.manifest.ids import shard_ids, write_table
 
         ids = pa.concat_arrays(self.id_parts) if self.id_parts else pa.array([], pa.string())
         counts = np.concatenate(self.count_parts) if self.count_parts else np.zeros(0, np.int32)
-        table, _ = shard_ids(ids, counts)
+        fps = np.concatenate(self.fp_parts) if self.fp_parts else np.zeros(0, np.uint64)
+        tokens = np.concatenate(self.token_parts) if self.token_parts else np.zeros(0, np.int64)
+        table, _ = shard_ids(ids, counts, fps, tokens)
         info: dict[str, Any] = {"docs_unique": table.num_rows}
         if self.store is None or not self.item.get("ids_out"):
             return info
@@ -267,7 +341,8 @@ class ShardReader:
         if self.prev is not None and self.item.get("pending_out"):
             gone = self.prev.filter(pc.invert(pc.is_in(self.prev.column(c.DOC_ID), value_set=table.column(c.DOC_ID))))
             if gone.num_rows:  # documents that left this shard: deleted later unless they turn up elsewhere
-                write_table(self.store.fs, self.store.path(self.item["pending_out"]), gone)
+                write_table(self.store.fs, self.store.path(self.item["pending_out"]), gone.select([c.DOC_ID,
+                                                                                                 c.N_CHUNKS]))
                 info["left"] = gone.num_rows
         return info
 
@@ -284,5 +359,6 @@ class ShardReader:
         columns[c.PREV_CHUNKS] = pa.nulls(1, pa.int32())
         columns[c.SHARD_END] = pa.array([docs], pa.int64())
         out, _ = tokenize_table(pa.table(columns), self.tok, self.lang_column)
+        out = out.append_column(c.EMBED_FP, pa.nulls(1, pa.string()))
         return out.append_column(c.SHARD_INFO, pa.array([json.dumps(info)], pa.string()))
 

@@ -74,6 +74,19 @@ def load_model_info(cfg: ModelConfig) -> ModelInfo:
                      dim=output_dim(path), has_sparse_head=find_sparse_head(path) is not None)
 
 
+def matryoshka_trained(path: str) -> bool:
+    """Whether the model says it was trained for Matryoshka truncation: its model card (README.md) or a config
+    mentions it. Neither BGE-M3 nor multilingual-e5 does; such models lose more when cut."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return False
+    for name in ("README.md", "config_sentence_transformers.json", "config.json", "modules.json"):
+        file = folder / name
+        if file.is_file() and "matryoshka" in file.read_text(encoding="utf-8", errors="ignore").lower():
+            return True
+    return False
+
+
 def output_dim(path: str) -> int | None:
     """The sentence-embedding size: the last Dense module's out_features, else the Pooling input size."""
     dim = None

@@ -37,9 +37,25 @@ def resolve_model_path(cfg: ModelConfig) -> str:
 
 
 def download_s3_model(uri: str, cache_dir: Path, storage_options: dict[str, object]) -> Path:
-    """Copy the model folder at ``uri`` into ``cache_dir`` once; concurrent callers wait on a lock."""
-    key = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
-    target = cache_dir / f"{uri.rstrip('/').rsplit('/', 1)[-1]}-{key}"
+    """Copy the model folder at ``uri`` into ``cache_dir`` once; concurrent callers wait on a lock.
+
+    The cached copy is named for the objects' keys, sizes and ETags: a model replaced in place under the
+    same prefix is downloaded again, never served from the old copy.
+    """
+    from embedder.models.fingerprint import s3_objects
+
+    uri = uri.rstrip("/")
+    base = uri.rstrip("/").rsplit("/", 1)[-1]
+    try:
+        listing = "\n".join(f"{k}\0{n}\0{e}" for k, n, e in s3_objects(uri, storage_options))
+    except Exception as e:  # noqa: BLE001 - S3 gone or the prefix emptied: a complete copy still serves
+        cached = _cached_copies(cache_dir, base, uri)
+        if not cached:
+            raise
+        log.warning("cannot list %s (%s: %s): using the cached copy %s", uri, type(e).__name__, e, cached[0])
+        return cached[0]
+    key = hashlib.sha256(f"{uri.rstrip('/')}\n{listing}".encode()).hexdigest()[:16]
+    target = cache_dir / f"{base}-{key}"
     if (target / COMPLETE_MARKER).exists():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -64,6 +80,15 @@ def download_s3_model(uri: str, cache_dir: Path, storage_options: dict[str, obje
         log.info("downloaded model %s (%d files) to %s in %.1fs", uri, len(files), target,
                  time.monotonic() - started)
     return target
+
+
+def _cached_copies(cache_dir: Path, base: str, uri: str) -> list[Path]:
+    """Complete cached copies of ``uri``, newest first."""
+    if not cache_dir.is_dir():
+        return []
+    found = [p for p in cache_dir.glob(f"{base}-*") if (p / COMPLETE_MARKER).is_file()
+             and (p / COMPLETE_MARKER).read_text().strip().rstrip("/") == uri.rstrip("/")]
+    return sorted(found, key=lambda p: (p / COMPLETE_MARKER).stat().st_mtime_ns, reverse=True)
 
 
 def _s3(uri: str, storage_options: dict[str, object]):  # noqa: ANN202 - (fsspec filesystem, root)

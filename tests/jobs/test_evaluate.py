@@ -104,8 +104,30 @@ def test_e5_matryoshka_audit_rows(e5_run: dict[str, Any]) -> None:
 def test_e5_warns_when_the_configured_dim_loses_recall(e5_run: dict[str, Any]) -> None:
     r = e5_run["report"]
     assert r["matryoshka"][-1]["recall@10_drop"] > E.MAX_RECALL_DROP
-    assert len(r["warnings"]) == 1 and f"model.dense_dim={E5_DIM}" in r["warnings"][0]
+    matryoshka, loss = r["warnings"]  # multilingual-e5 was not trained for truncation, and the cut loses recall
+    assert "does not say it was trained for Matryoshka truncation" in matryoshka and f"={E5_DIM}" in matryoshka
+    assert f"model.dense_dim={E5_DIM}" in loss
     assert "WARNING: model.dense_dim=16 loses" in e5_run["stdout"]
+
+
+@pytest.mark.slow
+def test_e5_storage_audit_per_dimension_and_type(e5_run: dict[str, Any]) -> None:
+    r = e5_run["report"]
+    rows = {(x["dim"], x["type"]): x for x in r["storage"]}
+    assert rows[(384, "float32")]["recall@10_drop"] == 0.0  # the reference
+    assert {t for d, t in rows if d == 384} == {"float32", "float16", "bfloat16", "int8", "binary", "binary+rescore"}
+    for dim in {d for d, _ in rows}:
+        f32 = rows[(dim, "float32")]
+        assert abs(rows[(dim, "float16")]["recall@10"] - f32["recall@10"]) <= 0.02  # rounding only
+        assert abs(rows[(dim, "int8")]["recall@10"] - f32["recall@10"]) <= 0.05
+        assert rows[(dim, "binary+rescore")]["recall@10"] >= rows[(dim, "binary")]["recall@10"] - 1e-9
+        assert rows[(dim, "float32")]["bytes_per_million"]["vectors"] == 4 * dim * 1_000_000
+        assert rows[(dim, "int8")]["bytes_per_million"]["vectors"] == dim * 1_000_000
+        assert rows[(dim, "binary")]["bytes_per_million"]["vectors"] == dim // 8 * 1_000_000
+        assert rows[(dim, "binary")]["bytes_per_million"]["hnsw"] == (dim // 8 + 128) * 1_000_000
+    assert [x["configured"] for x in r["storage"]].count(True) == 1
+    assert rows[(E5_DIM, "float32")]["configured"]
+    assert "Storage audit" in e5_run["stdout"] and "binary+rescore" in e5_run["stdout"]
 
 
 @pytest.mark.slow

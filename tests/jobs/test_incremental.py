@@ -120,3 +120,58 @@ def test_full_mode_resumes_then_starts_over(tmp_path: Path, tiny_m3_dir: Path, r
     assert run(cfg)[1]["shards_done"] == 1
     code, s = run(cfg)  # the previous full run finished: a new full run redoes everything
     assert code == 0 and s["shards_done"] == 1 and s["shards_skipped"] == 0
+
+
+def test_unchanged_documents_are_skipped_moved_ones_found_and_a_stopped_run_not_trusted(
+        tmp_path: Path, tiny_m3_dir: Path, ray_local: None) -> None:
+    from pymilvus import MilvusClient
+
+    from cluster.milvus.strict import journal_counts
+
+    src = tmp_path / "docs"
+    src.mkdir()
+    shard(src, "a.parquet", ["a1", "a2", "a3", "a4"])
+    shard(src, "b.parquet", ["b1", "b2", "b3"])
+    journal = tmp_path / "journal"
+    cfg = write_config(tmp_path / "job.yaml", source={"uri": str(src)},
+                       model={"name": str(tiny_m3_dir), "precision": "fp32"}, batch={"max_tokens": 1024},
+                       milvus={"uri": str(tmp_path / "m.db"), "collection": "docs", "write_journal": str(journal)},
+                       checkpoint={"uri": str(tmp_path / "state")}, errors={"uri": None},
+                       mode="incremental", delete_missing=True, delete_missing_max_ratio=1.0)
+    code, first = run(cfg)
+    assert code == 0 and first["chunks_embedded"] == 7 and first["docs_unchanged"] == 0
+
+    # One document edited; shard b renamed (a new path: its documents are found in the collection).
+    texts = pq.read_table(src / "a.parquet").column("text").to_pylist()
+    texts[1] = "A new version of document a2: printers, tea and trains."
+    pq.write_table(pa.table({"id": ["a1", "a2", "a3", "a4"], "text": texts}), src / "a.parquet")
+    (src / "b.parquet").rename(src / "c.parquet")
+    code, s = run(cfg)
+    assert code == 0, s
+    assert s["docs_read"] == 7 and s["docs_unchanged"] == 6 and s["chunks_embedded"] == 1
+    assert 0 < s["tokens_skipped"] < first["tokens"] and s["tokens"] + s["tokens_skipped"] > first["tokens"] * 0.9
+    assert s["docs_deleted"] == 0  # b's documents are in c
+    written = journal_counts(str(journal))
+    assert written[chunk_pk("a2", 0)] == 2 and all(written[chunk_pk(d, 0)] == 1 for d in
+                                                   ("a1", "a3", "a4", "b1", "b2", "b3"))
+    assert doc_ids(tmp_path / "m.db")["a2"] == texts[1]
+
+    # A run that stopped half-way wrote another version of a1, then the source went back to the recorded
+    # text: the id file's fingerprint would say "unchanged"; the collection says otherwise.
+    client = MilvusClient(str(tmp_path / "m.db"))
+    try:
+        client.load_collection("docs")
+        row = client.get("docs", ids=[chunk_pk("a1", 0)])[0]
+        client.upsert("docs", [{**row, "text": "half-written", "embed_fp": "00000000000000ff/1/9"}])
+    finally:
+        client.close()
+    state_file = next((tmp_path / "state").glob("*/state.json"))
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "open_run": "a-run-that-was-killed"}))
+    texts[2] = "A new version of document a3: so that shard a is read again."
+    pq.write_table(pa.table({"id": ["a1", "a2", "a3", "a4"], "text": texts}), src / "a.parquet")
+    code, s = run(cfg)
+    assert code == 0, s
+    assert s["docs_unchanged"] == 2 and s["chunks_embedded"] == 2  # a2, a4 confirmed; a1 and a3 embedded
+    assert doc_ids(tmp_path / "m.db")["a1"] == texts[0]
+    assert "open_run" not in json.loads(state_file.read_text())  # finished: the next run trusts the id files

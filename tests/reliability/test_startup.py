@@ -141,3 +141,28 @@ def test_a_live_lease_is_refused_and_a_dead_holders_is_taken_over(tmp_path: Path
     assert json.loads((tmp_path / "leases" / "docs-1.json").read_text())["run_id"] == "r3"
     third.release()
     assert not (tmp_path / "leases" / "docs-1.json").exists()
+
+
+def test_a_dense_type_the_target_cannot_store_or_another_model_is_refused_before_any_work(
+        tmp_path: Path, tiny_m3_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import shutil
+
+    base = sections(tmp_path, tiny_m3_dir)
+    code, _, text = start(tmp_path, caplog, **{**base, "milvus": {**base["milvus"], "dense_type": "float16"}})
+    assert code == 2 and "milvus-lite stores float32 vectors only" in text and ">= 2.4" in text
+    assert not (tmp_path / "m.db").exists() or "created collection" not in text
+
+    # A collection made by one model refuses the same path once its files changed in place.
+    model = tmp_path / "model"
+    shutil.copytree(tiny_m3_dir, model)
+    cfg = {**base, "model": {"name": str(model), "precision": "fp32"}}
+    caplog.clear()
+    code, _, text = start(tmp_path, caplog, **cfg)
+    assert code == 0, text
+    weights = model / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    caplog.clear()
+    code, _, text = start(tmp_path, caplog, **cfg)
+    assert code == 2 and "holds vectors of another model" in text and "jobs.reindex" in text

@@ -46,7 +46,7 @@ def test_create_then_reopen_with_same_spec(lite_cfg: MilvusConfig, lite_client) 
     assert ensure_collection(lite_client, spec()) is False
     desc = lite_client.describe_collection("docs")
     fields = {f["name"]: f for f in desc["fields"]}
-    assert list(fields) == ["pk", "doc_id", "chunk_index", "text", "dense", "sparse", "lang", "year"]
+    assert list(fields) == ["pk", "doc_id", "chunk_index", "embed_fp", "text", "dense", "sparse", "lang", "year"]
     assert fields["pk"]["is_primary"] and fields["pk"]["type"] == DataType.VARCHAR
     assert fields["pk"]["params"]["max_length"] == 512 and not desc["auto_id"]
     assert fields["chunk_index"]["type"] == DataType.INT32
@@ -62,7 +62,7 @@ def test_without_text_and_sparse(lite_client) -> None:
     s = spec(store_text=False, has_sparse=False, metadata={})
     ensure_collection(lite_client, s)
     names = [f["name"] for f in lite_client.describe_collection("docs")["fields"]]
-    assert names == ["pk", "doc_id", "chunk_index", "dense"]
+    assert names == ["pk", "doc_id", "chunk_index", "embed_fp", "dense"]
     assert ensure_collection(lite_client, s) is False
 
 
@@ -123,3 +123,31 @@ def test_redact() -> None:
     secrets = secrets_of("user:longpassword")
     assert redact("token user:longpassword and longpassword", secrets) == "token *** and ***"
     assert redact("https://u:p@host:19530/db", []) == "https://***@host:19530/db"
+
+
+def test_a_collection_records_its_model_and_refuses_another(lite_client) -> None:
+    from cluster.milvus.schema import has_fingerprints, recorded_model
+
+    model = {"name": "/models/e5", "fingerprint": "a" * 32, "dense_dim": 16, "dense_type": "float32"}
+    assert ensure_collection(lite_client, spec(model=model)) is True
+    assert recorded_model(lite_client.describe_collection("docs")) == model
+    assert ensure_collection(lite_client, spec(model=model)) is False
+    for other, says in (({**model, "fingerprint": "b" * 32}, "fingerprint " + "b" * 32),
+                        ({**model, "dense_type": "int8"}, "its dense_type is float32, this run's is int8")):
+        with pytest.raises(SchemaMismatchError) as info:
+            ensure_collection(lite_client, spec(model=other))
+        assert says in str(info.value) and "jobs.reindex" in str(info.value)
+    assert recorded_model(lite_client.describe_collection("docs")) == model  # a refusal changes nothing
+    assert has_fingerprints(lite_client.describe_collection("docs"))
+
+
+def test_a_collection_made_before_fingerprints_is_opened_and_adopts_the_model(lite_client) -> None:
+    from cluster.milvus.schema import has_fingerprints, recorded_model
+
+    old = spec(fingerprints=False)  # as an earlier version made it: no embed_fp, no model property
+    assert ensure_collection(lite_client, old) is True
+    desc = lite_client.describe_collection("docs")
+    assert not has_fingerprints(desc) and recorded_model(desc) is None
+    model = {"name": "m", "fingerprint": "c" * 32, "dense_dim": 16, "dense_type": "float32"}
+    assert ensure_collection(lite_client, spec(model=model)) is False  # no refusal: embed_fp is optional
+    assert recorded_model(lite_client.describe_collection("docs")) == model
