@@ -100,7 +100,7 @@ class MilvusConfig:
     text_max_length: int = doc("VARCHAR capacity (bytes) of the `text` field.", 65535)
     dense_type: Literal["float32", "float16", "bfloat16", "int8", "binary"] = doc(
         "How dense vectors are stored: float32; float16 / bfloat16 (half the bytes; Milvus >= 2.4); int8 (a "
-        "quarter; one scale calibrated on the first vectors written, kept with the collection; Milvus >= 2.6); "
+        "quarter; one scale, milvus.int8_scale, kept with the collection; Milvus >= 2.6); "
         "binary (sign bits, 1/32; dim a multiple of 8, Hamming distance). milvus-lite stores float32 only. "
         "python -m jobs.evaluate audits what each costs in recall.", "float32")
     int8_scale: float | None = doc("dense_type int8: vectors are stored as round(x * scale), clipped to +-127. "

@@ -74,7 +74,7 @@ class Encoder:
         dtype = resolve_dtype(model.precision, device)
         self.model = load_model(model, self.info, device, dtype)
         self.tokenizer = TextTokenizer(self.info, model, chunking)
-        fp32_cfg = dataclasses.replace(model, attention="padded")
+        fp32_cfg = dataclasses.replace(model, attention="padded", precision="fp32")
         self.runner = ModelRunner(self.model, PostSettings(model.dense_dim, model.normalize, model.sparse_top_k),
                                   reload_fp32=lambda: load_model(fp32_cfg, self.info, device, _fp32()))
         self.budget = Budget(batch.max_tokens, batch.max_rows)

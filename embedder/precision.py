@@ -37,14 +37,33 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 
 def resolve_dtype(precision: str, device: str) -> torch.dtype:
-    """auto: fp16 on CUDA; on CPU bf16 where native, else fp32 (fp16 on CPU is several times slower)."""
+    """auto: fp16 on CUDA; on CPU bf16 where native, else fp32 (fp16 on CPU is several times slower).
+
+    int8: the weights are loaded as fp32 and their Linear layers quantized after loading
+    (:func:`quantize_int8`); CPU only."""
     import torch
 
+    if precision == "int8":
+        if not device.startswith("cpu"):
+            raise ValueError("model.precision int8 runs on CPUs only (dynamic int8 quantization); on a GPU use auto "
+                             "(fp16)")
+        return torch.float32
     if precision == "auto":
         if device.startswith("cuda"):
             return torch.float16
         return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def quantize_int8(module: torch.nn.Module) -> int:
+    """Replace the Linear layers of ``module`` by dynamically quantized int8 ones (weights int8 per tensor,
+    activations quantized per batch); returns how many were replaced."""
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    before = sum(1 for m in module.modules() if isinstance(m, torch.nn.Linear))
+    quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    return before
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

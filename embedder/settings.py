@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Precision = Literal["auto", "fp32", "fp16", "bf16"]
+Precision = Literal["auto", "fp32", "fp16", "bf16", "int8"]
 LongDocPolicy = Literal["chunk", "truncate", "error"]
 
 
@@ -40,7 +40,9 @@ class ModelConfig:
     sparse: bool | Literal["auto"] = doc("BGE-M3 lexical weights from sparse_linear.pt: auto (when the head exists), "
                                          "true (required), false (off).", "auto")
     sparse_top_k: int | None = doc("Keep only the K largest sparse weights per chunk. Empty = keep all.")
-    precision: Precision = doc("auto (fp16 on CUDA; bf16 on CPUs with native bf16, else fp32), fp32, fp16, bf16.",
+    precision: Precision = doc("auto (fp16 on CUDA; bf16 on CPUs with native bf16, else fp32), fp32, fp16, bf16, "
+                               "or int8 (CPU only, opt-in, never chosen by auto: the Linear layers dynamically "
+                               "quantized to int8; other rows than fp32's, so audit it with jobs.evaluate).",
                                "auto")
     device: Literal["auto", "cpu", "cuda"] = doc("Where the forward pass runs; auto = CUDA when visible.", "auto")
     attention: Literal["auto", "padded", "unpadded"] = doc(
@@ -68,7 +70,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("model.name is required: a Hugging Face id, a local folder or an s3:// prefix")
-        choice("model.precision", self.precision, ("auto", "fp32", "fp16", "bf16"))
+        choice("model.precision", self.precision, ("auto", "fp32", "fp16", "bf16", "int8"))
         choice("model.device", self.device, ("auto", "cpu", "cuda"))
         choice("model.sparse", self.sparse, ("auto", True, False))
         choice("model.attention", self.attention, ("auto", "padded", "unpadded"))

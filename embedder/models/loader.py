@@ -80,6 +80,15 @@ def load_model(cfg: ModelConfig, info: ModelInfo, device: str, dtype: Any) -> Lo
     st.to(dtype)
     if sparse_head is not None:
         sparse_head.to(dtype)
+    if cfg.precision == "int8":
+        import warnings
+
+        from embedder.precision import quantize_int8
+
+        with warnings.catch_warnings():  # torch.ao.quantization's deprecation notice, once per load
+            warnings.simplefilter("ignore")
+            layers = quantize_int8(st)
+        log.info("model %s: %d Linear layers quantized to int8 (dynamic)", cfg.name, layers)
     tok = info.tokenizer
     special = {getattr(tok, f"{n}_token_id", None) for n in ("cls", "bos", "eos", "sep", "pad", "unk")}
     loaded = LoadedModel(st=st, tokenizer=tok, sparse_head=sparse_head, dim=dim, max_seq_length=info.max_seq_length,
