@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
 import pyarrow as pa
@@ -44,7 +44,8 @@ def _check_schema(path: str, schema: pa.Schema, cfg: SourceConfig, metadata: lis
                                "columns can be copied; remove them from source.metadata_columns")
 
 
-def read_parquet(path: str, f: BinaryIO, cfg: SourceConfig, metadata: list[str]) -> Iterator[pa.Table]:
+def read_parquet(path: str, f: BinaryIO, cfg: SourceConfig, metadata: list[str],
+                 row_groups: Sequence[int] | None = None) -> Iterator[pa.Table]:
     """Yield output batches of at most ``cfg.read_batch_rows`` rows from an open parquet file.
 
     Args:
@@ -52,6 +53,8 @@ def read_parquet(path: str, f: BinaryIO, cfg: SourceConfig, metadata: list[str])
         f: The open binary file (seekable).
         cfg: Source settings (column names, batch size).
         metadata: Metadata columns to copy, deduplicated.
+        row_groups: Only these row groups, in this order (``_row`` keeps the rows' numbers in the
+            file); None reads the whole file. For samplers (``jobs.plan``), never for the job.
 
     Raises:
         ShardError: Corrupt/truncated file, missing or nested columns, or a read failure.
@@ -59,8 +62,20 @@ def read_parquet(path: str, f: BinaryIO, cfg: SourceConfig, metadata: list[str])
     pf = _open_parquet(path, f)
     _check_schema(path, pf.schema_arrow, cfg, metadata)
     columns = list(dict.fromkeys([cfg.id_column, cfg.text_column, *metadata]))
-    row = 0
-    batches = pf.iter_batches(batch_size=cfg.read_batch_rows, columns=columns, use_threads=False)
+    if row_groups is None:
+        yield from _stream(path, pf, cfg, metadata, columns, None, 0)
+        return
+    starts = [0]
+    for i in range(pf.metadata.num_row_groups):
+        starts.append(starts[-1] + pf.metadata.row_group(i).num_rows)
+    for rg in row_groups:
+        yield from _stream(path, pf, cfg, metadata, columns, [rg], starts[rg])
+
+
+def _stream(path: str, pf: pq.ParquetFile, cfg: SourceConfig, metadata: list[str], columns: list[str],
+            row_groups: list[int] | None, row: int) -> Iterator[pa.Table]:
+    batches = pf.iter_batches(batch_size=cfg.read_batch_rows, row_groups=row_groups, columns=columns,
+                              use_threads=False)
     while True:
         try:
             batch = next(batches, None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
 import pyarrow as pa
@@ -67,7 +67,7 @@ def _size(f: BinaryIO) -> int | None:
         return None
 
 
-def read_shard(shard: Shard, cfg: SourceConfig) -> Iterator[pa.Table]:
+def read_shard(shard: Shard, cfg: SourceConfig, *, row_groups: Sequence[int] | None = None) -> Iterator[pa.Table]:
     """Stream a shard as batches of at most ``cfg.read_batch_rows`` rows.
 
     Each batch has the columns ``doc_id`` (string), ``text`` (string, null on error), the
@@ -80,6 +80,8 @@ def read_shard(shard: Shard, cfg: SourceConfig) -> Iterator[pa.Table]:
     Args:
         shard: A shard from :func:`cluster.source.listing.list_shards`.
         cfg: Source settings.
+        row_groups: parquet only: read just these row groups, in this order (a sampler's spread
+            read, ``jobs.plan``); ``_row`` stays the row's number in the file. Ignored for jsonl.
 
     Yields:
         ``pyarrow.Table`` batches, in row order.
@@ -96,6 +98,6 @@ def read_shard(shard: Shard, cfg: SourceConfig) -> Iterator[pa.Table]:
         if _size(f) == 0:
             raise ShardError(shard.path, "empty file (0 bytes); remove it or re-export the shard")
         if shard.format == "parquet":
-            yield from read_parquet(shard.path, f, cfg, metadata)
+            yield from read_parquet(shard.path, f, cfg, metadata, row_groups)
         else:
             yield from read_jsonl(shard.path, shard.format, f, cfg, metadata)
