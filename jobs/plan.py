@@ -221,12 +221,12 @@ def _storage(cfg: JobConfig, dim: int, has_sparse: bool, counts: Counter[str], b
         sparse = {"nonzeros_per_chunk": fig(round(nnz / chunks, 1) if chunks else 0, "assumed",
                                             note="upper bound: distinct token ids per chunk, capped by sparse_top_k"),
                   "bytes": fig(round(nnz * costs.SPARSE_NONZERO_BYTES), "assumed")}
-    scalars = counts["pk_bytes"] + counts["doc_id_bytes"] + 4 * chunks + counts["metadata_bytes"]
+    scalars = counts["pk_bytes"] + counts["doc_id_bytes"] + 4 * chunks + counts["fp_bytes"] + counts["metadata_bytes"]
     return {
         "vectors": fig(round(chunks), basis), "dense_dim": dim, "dense_type": configured, "dense": dense,
         "sparse": sparse,
         "text": fig(round(counts["chunk_text_bytes"]) if cfg.milvus.store_text else 0, basis),
-        "scalars": fig(round(scalars), basis, note="pk, doc_id, chunk_index and the metadata columns"),
+        "scalars": fig(round(scalars), basis, note="pk, doc_id, chunk_index, embed_fp and the metadata columns"),
     }
 
 
@@ -239,7 +239,7 @@ def _bulk(cfg: JobConfig, dim: int, has_sparse: bool, todo: list[Any], counts: C
         return {"groups": fig(0, basis), "files": fig(0, basis), "jobs": fig(0, basis)}
     # one import row: the scalar columns as arrow strings (+4 bytes offset each), the dense list<float32>,
     # the sparse JSON string (about 24 characters per nonzero)
-    row = ((counts["pk_bytes"] + counts["doc_id_bytes"] + counts["metadata_bytes"]
+    row = ((counts["pk_bytes"] + counts["doc_id_bytes"] + counts["fp_bytes"] + counts["metadata_bytes"]
             + (counts["chunk_text_bytes"] if cfg.milvus.store_text else 0)) / chunks + 16 + 4 * dim + 4
            + (24 * counts["sparse_nnz"] / chunks + 30 if has_sparse else 0))
     out = costs.import_files(chunks, row, len(todo), group_shards=cfg.milvus.import_group_shards,
@@ -363,7 +363,8 @@ def render(r: dict[str, Any]) -> str:
             basis=f"assumed: {st['sparse']['nonzeros_per_chunk']['value']:g} distinct token ids per chunk x 8 B")
     row("text" + ("" if r["storage"]["text"]["value"] else " (milvus.store_text off)"), _b(st["text"]["value"]),
         basis=st["text"]["basis"])
-    row("pk, doc_id, chunk_index, metadata", _b(st["scalars"]["value"]), basis=st["scalars"]["basis"])
+    row("scalar fields", _b(st["scalars"]["value"]),
+        basis=f"{st['scalars']['basis']}: pk, doc_id, chunk_index, embed_fp, metadata")
 
     if r["bulk_import"]:
         b = r["bulk_import"]

@@ -105,7 +105,7 @@ class ShardSample:
 
 #: Counts per document and per chunk (the rest are per byte: tokens, text, ...); ``lang:<x>:<kind>`` too.
 PER_DOC = frozenset({"docs", "docs_embedded", "docs_rejected", "docs_truncated", "duplicate_ids"})
-PER_CHUNK = frozenset({"chunks", "pk_bytes", "doc_id_bytes", "metadata_bytes", "sparse_nnz"})
+PER_CHUNK = frozenset({"chunks", "pk_bytes", "doc_id_bytes", "fp_bytes", "metadata_bytes", "sparse_nnz"})
 
 
 def sample_shard(shard: Shard, cfg: JobConfig, tok: TextTokenizer, max_bytes: int) -> ShardSample:
@@ -365,6 +365,12 @@ def _count(table: pa.Table, tok: TextTokenizer, cfg: JobConfig) -> Counter[str]:
     counts["chunk_text_bytes"] = int(np.minimum(text_len, cfg.milvus.text_max_length).sum())
     counts["doc_id_bytes"] = int(pc.sum(pc.binary_length(chunks.column(c.DOC_ID))).as_py() or 0)
     counts["pk_bytes"] = int(pc.sum(pc.binary_length(chunks.column(c.PK))).as_py() or 0)
+    # embed_fp on every row: 16 hex digits, "/", the document's chunks, "/", its tokens
+    rows = chunks.column(c.ROW).to_numpy()
+    _, doc_of, doc_chunks = np.unique(rows, return_inverse=True, return_counts=True)
+    doc_tokens = np.bincount(doc_of, weights=n_tokens[ok]).astype(np.int64)
+    digits = np.char.str_len(doc_chunks.astype(str)) + np.char.str_len(doc_tokens.astype(str))
+    counts["fp_bytes"] = int((18 + digits[doc_of]).sum())
     for col in cfg.source.metadata_columns:
         arr = chunks.column(col)
         if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) or pa.types.is_binary(arr.type):
