@@ -305,6 +305,7 @@ class ImportGroups:
         size = cfg.milvus.import_group_shards
         self.group_of = {s.path: i // size for i, s in enumerate(the_plan.shards)}
         self.tag_of = {s.path: i for i, s in enumerate(the_plan.shards)}
+        self.by_path = {s.path: s for s in the_plan.shards}  # once: a group looks up only its own shards
         self.members: dict[int, list[str]] = {}
         for path, g in self.group_of.items():
             self.members.setdefault(g, []).append(path)
@@ -387,7 +388,7 @@ class ImportGroups:
         jobs = [{"key": f"{self.manifest.key}-{name}-{k}", "files": [f["path"] for f in part], "job_id": None,
                  "rows": sum(f["rows"] for f in part)}
                 for k, part in enumerate(_chunks(files, MAX_FILES_PER_JOB))]
-        by_path = {s.path: s for s in self.plan.shards}
+        by_path = self.by_path
         group = {"name": name, "uris": uris, "jobs": jobs, "shards": [
             {"path": p, "format": by_path[p].format, "size": by_path[p].size, "version": by_path[p].version,
              "ids": self.tracker.shards[p].info.get("ids"), "counts": self.tracker.shards[p].manifest_counts()}

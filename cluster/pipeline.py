@@ -1,4 +1,5 @@
-"""Place the stages on Ray Data: read+tokenize as CPU tasks (one shard each), embed in a GPU actor pool.
+"""Place the stages on Ray Data: read+tokenize as CPU tasks (one shard, or several small ones, each), embed in a
+GPU actor pool.
 
 Nothing runs until the dataset is iterated (by ``cluster.run``, which hands the embedded blocks to
 the writer actors of :mod:`cluster.writers` without fetching them). Streaming execution
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from cluster.stages.embed import EmbedStage
-from cluster.stages.read import IdsSink, read_and_tokenize
+from cluster.stages.read import IdsSink, group_items, read_and_tokenize
 
 if TYPE_CHECKING:
     import ray.data
@@ -33,7 +34,9 @@ def build_dataset(cfg: JobConfig, items: list[dict[str, object]], ids: IdsSink |
     """
     import ray.data
 
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    cpus = float(ray.cluster_resources().get("CPU", 1.0)) if ray.is_initialized() else 1.0
+    rows = group_items(items, max_bytes=cfg.cluster.read_task_mb << 20, cpus=cpus)
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
     ds = ds.map_batches(read_and_tokenize, fn_kwargs={"source": cfg.source, "model": cfg.model,
                                                       "chunking": cfg.chunking, "lang_column": cfg.source.lang_column,
                                                       "ids": ids, "progress": progress,

@@ -208,8 +208,9 @@ def _hold_collection(the_plan: Plan) -> None:
 
 
 def _plan_change_check(cfg: JobConfig, the_plan: Plan, vector_fp: str) -> None:
-    """How read tasks tell unchanged documents: the id files' fingerprints (unless the previous run stopped
-    half-way) and, when the collection may hold rows of this job, a lookup by primary key."""
+    """How read tasks tell unchanged documents: in incremental mode the id files' fingerprints (unless the
+    previous run stopped half-way), and, when the collection may hold rows of this job, a lookup by primary key
+    (the only source of a full run, which so restores rows deleted behind its back)."""
     from dataclasses import replace
 
     from cluster.milvus.schema import has_fingerprints
@@ -221,7 +222,7 @@ def _plan_change_check(cfg: JobConfig, the_plan: Plan, vector_fp: str) -> None:
                     "embedded again whole; rebuild it with jobs.reindex to skip unchanged documents",
                     the_plan.spec.name, "embed_fp")
         the_plan.spec = replace(the_plan.spec, fingerprints=False)
-    trust = True
+    trust = cfg.mode == "incremental"  # a full run makes sure the collection holds every document: it asks it
     if the_plan.manifest is not None:
         interrupted = the_plan.manifest.open_run(the_plan.run_id)
         if interrupted:

@@ -56,6 +56,7 @@ class Run:
                 self._start()
                 self._stream()
                 self.sink.finish(tick=self._check_lease)  # type: ignore[union-attr]
+                self.recorder.flush()  # every record written before the id pass looks at them
                 check_error_ratio(cfg, self.tracker, final=False)
             self._check_lease()
             self._id_pass()
@@ -312,10 +313,12 @@ class Run:
         """
         try:
             self.sink.salvage()  # type: ignore[union-attr]
+            self.recorder.flush(timeout_s=60)
         except BaseException as e:  # noqa: BLE001 - best effort: the original failure is what is reported
             log.warning("while stopping, could not record the last finished shards: %s", e)
 
     def _stop(self, *, graceful: bool) -> None:
+        self.recorder.close()
         if self.sink is not None:
             try:
                 self.sink.close(graceful=graceful)

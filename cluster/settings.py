@@ -51,6 +51,9 @@ class ClusterConfig:
     cpus_per_worker: float = doc("CPUs requested by each embedding actor.", 1.0)
     rows_per_task: int = doc("Chunks handed to an embedding actor at a time; the actor packs them "
                              "into token-budget batches.", 512)
+    read_task_mb: int = doc("Small shards are read together, consecutive in listing order, up to this many MB "
+                            "per read task (never fewer tasks than 4 per CPU of the cluster while the corpus "
+                            "allows); a larger shard is one task of its own.", 128)
     writers: int | None = doc("Writer actors (each upserts into Milvus or writes import files). Empty = one per "
                               "embedding actor (cluster.workers).")
     cpus_per_writer: float = doc("CPUs each writer reserves. 0 (default) reserves none, so writers can never "
@@ -75,6 +78,8 @@ class ClusterConfig:
                              ">= 0")
         if self.writers is not None and self.writers < 1:
             raise ValueError("cluster.writers must be >= 1 (or empty: one per worker)")
+        if self.read_task_mb < 1:
+            raise ValueError("cluster.read_task_mb must be >= 1")
         if self.writer_max_restarts < 0 or self.writer_start_timeout_s <= 0:
             raise ValueError("cluster.writer_max_restarts must be >= 0 and cluster.writer_start_timeout_s > 0")
 

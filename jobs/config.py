@@ -49,8 +49,10 @@ class JobConfig:
     errors: ErrorsConfig = doc("Rejected input.", default_factory=ErrorsConfig)
     reindex: ReindexConfig = doc("Backfill re-indexing (jobs.reindex).", default_factory=ReindexConfig)
     mode: Literal["full", "incremental"] = doc(
-        "full: embed every shard (an interrupted run resumes from the manifest; after a finished run the next "
-        "one starts over); incremental: only shards that are new or changed since earlier runs.", "full")
+        "full: read every shard (an interrupted run resumes from the manifest; after a finished run the next "
+        "one starts over) and embed every document whose exact version the collection does not hold; "
+        "incremental: only shards that are new or changed since earlier runs, and in them only new or changed "
+        "documents.", "full")
     delete_missing: bool = doc("incremental: delete from the collection the documents whose shard disappeared "
                                "or that vanished from a changed shard, once every shard of the run is done.", False)
     delete_missing_max_ratio: float = doc("delete_missing refuses (exit 2) to delete more than this share of the "

@@ -8,8 +8,10 @@ dense, sparse (when the model has a sparse head) and hybrid (RRF, k=60) retrieva
 averaged (all pairs; cross-lingual pairs only). A Matryoshka audit repeats the averages for
 each candidate ``--dims`` with the float32 storage per million vectors, and warns when the
 configured ``model.dense_dim`` loses more than ``--max-recall-drop`` recall@10 against the full
-dimension. ``--through-milvus`` also loads the documents into a temporary milvus-lite collection
-and measures dense retrieval through real Milvus search (``cluster.milvus.search``).
+dimension. A storage audit (:mod:`jobs.storage_audit`) crosses those dimensions with the vector
+types of ``milvus.dense_type``. ``--through-milvus`` also loads the documents into a temporary
+milvus-lite collection and measures dense retrieval through real Milvus search
+(:mod:`jobs.eval_milvus`). The pairs are read by :mod:`jobs.eval_pairs`.
 
 PAIRS: a .jsonl / .jsonl.gz / .parquet file with columns item_id, lang, text (e.g. from
 ``python -m sample.evalset``), or ``sample`` for the bundled corpus' aligned article bodies.
@@ -21,12 +23,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gzip
 import json
 import logging
 import math
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +38,8 @@ import numpy as np
 from embedder import evaluation as ev
 from jobs.cli import EXIT_FAILED, EXIT_INVALID, EXIT_OK, setup_logging
 from jobs.config import ConfigError, JobConfig, load_config
+from jobs.eval_milvus import evaluate_through_milvus
+from jobs.eval_pairs import Pairs, PairsError, averages, read_pairs
 
 log = logging.getLogger("jobs.evaluate")
 
@@ -47,114 +49,7 @@ HYBRID_DEPTH = 50
 MAX_RECALL_DROP = 0.02
 #: Placeholder for ``source.uri`` when the config has none (the evaluation reads no source).
 _NO_SOURCE = "source.uri=(not used by jobs.evaluate)"
-_MILVUS_COLLECTION = "evaluation"
 
-
-class PairsError(ValueError):
-    """The pairs file cannot be used; the message says why."""
-
-
-@dataclass(frozen=True)
-class Pairs:
-    """The aligned set: row i is text ``texts[i]`` of item ``item_ids[i]`` in language ``langs[i]``."""
-
-    item_ids: np.ndarray  # str
-    langs: np.ndarray  # str
-    texts: list[str]
-    languages: tuple[str, ...]  # in display order
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    @property
-    def items(self) -> int:
-        return len(set(self.item_ids.tolist()))
-
-
-# ------------------------------------------------------------------------------------------ input
-
-
-def read_pairs(spec: str, langs: Sequence[str] | None = None, max_items: int | None = None) -> Pairs:
-    """Load PAIRS (a file, or ``sample``), keep ``langs`` (in that order) and the first ``max_items`` items.
-
-    Raises:
-        PairsError: Unreadable file, missing columns, empty or duplicate rows, unknown languages.
-    """
-    rows = _read_rows(spec, langs)
-    if not rows:
-        raise PairsError(f"{spec}: no rows")
-    seen: set[tuple[str, str]] = set()
-    for item_id, lang, text in rows:
-        if not item_id or not lang or not isinstance(text, str) or not text.strip():
-            raise PairsError(f"{spec}: a row has an empty item_id, lang or text: {(item_id, lang, text)!r}")
-        if (item_id, lang) in seen:
-            raise PairsError(f"{spec}: item {item_id!r} appears twice in language {lang!r}")
-        seen.add((item_id, lang))
-    present = list(dict.fromkeys(lang for _, lang, _ in rows))
-    if langs:
-        unknown = [lang for lang in langs if lang not in present]
-        if unknown:
-            raise PairsError(f"{spec}: no rows in language(s) {unknown}; the file has {present}")
-        order = tuple(dict.fromkeys(langs))
-    else:
-        order = tuple(present)
-    rows = [r for r in rows if r[1] in order]
-    if max_items is not None:
-        keep = set(sorted({r[0] for r in rows})[:max_items])
-        rows = [r for r in rows if r[0] in keep]
-    rank = {lang: i for i, lang in enumerate(order)}
-    rows.sort(key=lambda r: (rank[r[1]], r[0]))
-    return Pairs(item_ids=np.array([r[0] for r in rows], dtype=object),
-                 langs=np.array([r[1] for r in rows], dtype=object),
-                 texts=[r[2] for r in rows], languages=order)
-
-
-def _read_rows(spec: str, langs: Sequence[str] | None) -> list[tuple[str, str, str]]:
-    if spec == "sample":
-        from sample.corpus import aligned_pairs
-
-        try:
-            return [(str(i), str(lang), t) for i, lang, t in aligned_pairs(langs or None)]
-        except ValueError as e:
-            raise PairsError(f"--pairs sample: {e}") from e
-    path = Path(spec)
-    if not path.is_file():
-        raise PairsError(f"pairs file {spec} not found (use a .jsonl/.parquet file, or 'sample')")
-    name = path.name.lower()
-    try:
-        if name.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path)
-            missing = [c for c in ("item_id", "lang", "text") if c not in table.column_names]
-            if missing:
-                raise PairsError(f"{spec}: missing column(s) {missing}; it has {table.column_names}")
-            cols = [table.column(c).to_pylist() for c in ("item_id", "lang", "text")]
-            return [(_str(i), _str(lang), t) for i, lang, t in zip(*cols)]
-        if name.endswith((".jsonl", ".jsonl.gz", ".json")):
-            opener = gzip.open if name.endswith(".gz") else open
-            out = []
-            with opener(path, "rt", encoding="utf-8") as f:
-                for n, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    row = json.loads(line)
-                    if not isinstance(row, dict) or any(c not in row for c in ("item_id", "lang", "text")):
-                        raise PairsError(f"{spec}:{n}: expected an object with item_id, lang and text, "
-                                         f"got {line[:200]!r}")
-                    out.append((_str(row["item_id"]), _str(row["lang"]), row["text"]))
-            return out
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PairsError(f"cannot read pairs file {spec}: {e}") from e
-    except Exception as e:  # pyarrow errors
-        if isinstance(e, PairsError):
-            raise
-        raise PairsError(f"cannot read pairs file {spec}: {type(e).__name__}: {e}") from e
-    raise PairsError(f"pairs file {spec}: use .jsonl, .jsonl.gz or .parquet")
-
-
-def _str(value: Any) -> str:
-    return "" if value is None else str(value)
 
 
 def parse_dims(text: str | None) -> list[int | str]:
@@ -244,16 +139,6 @@ def pair_metrics(pairs: Pairs, failed: dict[int, str], dense: np.ndarray, sparse
     return rows
 
 
-def averages(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``all`` pairs and ``cross_lingual`` pairs (query language != document language), per mode."""
-    modes = [m for m in ("dense", "sparse", "hybrid") if rows and m in rows[0]]
-    cross = [r for r in rows if r["query_lang"] != r["doc_lang"]]
-    out = {"all": {"pairs": len(rows), **{m: ev.mean_metrics(r[m] for r in rows) for m in modes}}}
-    if cross:
-        out["cross_lingual"] = {"pairs": len(cross), **{m: ev.mean_metrics(r[m] for r in cross) for m in modes}}
-    return out
-
-
 def _headline(avg: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The average the audit compares: cross-lingual when there is more than one language, else all pairs."""
     return avg.get("cross_lingual", avg["all"])
@@ -317,96 +202,6 @@ def evaluate(pairs: Pairs, vectors: Vectors, *, configured_dim: int | None, dims
         "warnings": warnings,
     }
 
-
-# ------------------------------------------------------------------------------------------ Milvus
-
-
-def evaluate_through_milvus(pairs: Pairs, vectors: Vectors, dim: int, *, top_k: int = 10,
-                            layout: str = "per_language", workdir: str | Path | None = None) -> dict[str, Any]:
-    """Dense retrieval through temporary milvus-lite collections (HNSW/IP, as the job writes them).
-
-    The documents (chunks cut to ``dim``) are upserted with ``MilvusWriter``, with their ``lang``
-    and ``item_id`` as metadata; each query is searched with ``cluster.milvus.search.search`` in
-    every document language, and the ranks come from the top ``top_k`` documents of the hits.
-
-    Args:
-        layout: ``per_language``: one collection per document language, searched without a
-            filter (what ``jobs.search`` does on a collection); ``filter``: one collection holding
-            every language, searched with ``filter='lang == "xx"'`` (filtered HNSW search).
-    """
-    import pyarrow as pa
-
-    from cluster import contract as C
-    from cluster.milvus.connect import connect
-    from cluster.milvus.schema import CollectionSpec, ensure_collection
-    from cluster.milvus.search import search
-    from cluster.milvus.writer import MilvusWriter
-    from cluster.settings import MilvusConfig
-
-    if layout not in ("per_language", "filter"):
-        raise ValueError(f"layout {layout!r}: choose 'per_language' or 'filter'")
-    started = time.perf_counter()
-    failed = vectors.failed
-    ok = np.array([i not in failed for i in range(len(pairs))], dtype=bool)
-    keep_chunks = ok[vectors.chunk_doc]
-    chunk_doc = vectors.chunk_doc[keep_chunks]
-    docs = ev.matryoshka(vectors.docs[keep_chunks], dim)
-    queries = ev.matryoshka(vectors.queries, dim)
-    chunk_index = np.zeros(len(chunk_doc), dtype=np.int32)
-    for i in range(1, len(chunk_doc)):
-        chunk_index[i] = chunk_index[i - 1] + 1 if chunk_doc[i] == chunk_doc[i - 1] else 0
-    per_doc = int(np.bincount(chunk_doc).max(initial=1)) if len(chunk_doc) else 1
-    limit = min(top_k * per_doc, 16384)  # enough chunks for top_k distinct documents
-    chunk_lang = pairs.langs[chunk_doc]
-    if layout == "per_language":
-        collections = {lang: (f"{_MILVUS_COLLECTION}_{n}", "") for n, lang in enumerate(pairs.languages)}
-    else:
-        collections = {lang: (_MILVUS_COLLECTION, f'lang == "{lang}"') for lang in pairs.languages}
-    rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="evaluate-milvus-", dir=workdir) as tmp:
-        base = MilvusConfig(uri=str(Path(tmp) / "eval.db"), collection=_MILVUS_COLLECTION, store_text=False)
-        client = connect(base)
-        try:
-            for name in dict.fromkeys(c for c, _ in collections.values()):
-                cfg = dataclasses.replace(base, collection=name)
-                spec = CollectionSpec.from_config(cfg, dense_dim=dim, has_sparse=False,
-                                                  metadata={"lang": pa.string(), "item_id": pa.string()})
-                ensure_collection(client, spec, lite=True)
-                mine = np.array([collections[str(lang)][0] == name for lang in chunk_lang], dtype=bool)
-                sel = chunk_doc[mine]
-                doc_ids = [f"{pairs.item_ids[d]}|{pairs.langs[d]}" for d in sel]
-                writer = MilvusWriter(client, spec, cfg)
-                writer.write(pa.table({
-                    C.PK: [C.chunk_pk(d, int(c)) for d, c in zip(doc_ids, chunk_index[mine])],
-                    C.DOC_ID: doc_ids,
-                    C.CHUNK_INDEX: pa.array(chunk_index[mine], pa.int32()),
-                    C.DENSE: pa.FixedSizeListArray.from_arrays(pa.array(docs[mine].reshape(-1), pa.float32()), dim),
-                    "lang": [str(pairs.langs[d]) for d in sel],
-                    "item_id": [str(pairs.item_ids[d]) for d in sel],
-                }))
-                writer.flush()
-            loaded = time.perf_counter()
-            for q_lang in pairs.languages:
-                q_rows = np.flatnonzero((pairs.langs == q_lang) & ok)
-                for d_lang in pairs.languages:
-                    name, expr = collections[d_lang]
-                    hits_per_query = []
-                    for i in q_rows:
-                        hits = search(client, name, dense=queries[i], mode="dense", top_k=limit,
-                                      output_fields=[C.DOC_ID, "item_id"], filter=expr)
-                        best = list(dict.fromkeys((h[C.DOC_ID], h["metadata"]["item_id"]) for h in hits))[:top_k]
-                        hits_per_query.append([item for _, item in best])
-                    ranks = ev.ranks_from_hits(hits_per_query, pairs.item_ids[q_rows].tolist())
-                    has_doc = set(pairs.item_ids[(pairs.langs == d_lang) & ok].tolist())
-                    ranks[[x not in has_doc for x in pairs.item_ids[q_rows].tolist()]] = 0  # nothing relevant
-                    rows.append({"query_lang": q_lang, "doc_lang": d_lang, "dense": ev.metrics_from_ranks(ranks)})
-        finally:
-            client.close()
-    where = "one collection per language" if layout == "per_language" else "one collection, lang filter"
-    return {"dim": dim, "top_k": top_k, "layout": layout, "index": f"HNSW/IP, milvus-lite, {where}",
-            "pairs": rows, "averages": averages(rows), "rows_loaded": int(len(chunk_doc)),
-            "searches": len(pairs.languages) * int(ok.sum()),
-            "load_s": round(loaded - started, 3), "search_s": round(time.perf_counter() - loaded, 3)}
 
 
 # ------------------------------------------------------------------------------------------ report

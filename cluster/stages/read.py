@@ -64,14 +64,43 @@ def shard_items(shards: list[Shard], prev_ids: dict[str, str | None], ids_out: d
             for s in shards]
 
 
+TASKS_PER_CPU = 4  # read tasks per CPU of the cluster, at least, when the corpus can be cut that fine
+
+
+def group_items(items: list[dict[str, object]], *, max_bytes: int, cpus: float) -> list[dict[str, str]]:
+    """Rows of the read stage: each holds consecutive shard items (JSON) of together at most ``target`` bytes,
+    ``target = min(max_bytes, total / (TASKS_PER_CPU * cpus))``; a shard larger than that is a row of its own.
+
+    A million tiny files become thousands of read tasks instead of a million, while a small corpus
+    still spreads over every CPU. Order is kept, and every item is in exactly one row.
+    """
+    total = sum(int(i.get("size") or 0) for i in items)  # type: ignore[call-overload]
+    target = max(1, min(max_bytes, int(total / max(1.0, TASKS_PER_CPU * cpus))))
+    rows: list[dict[str, str]] = []
+    group: list[dict[str, object]] = []
+    size = 0
+    for item in items:
+        n = int(item.get("size") or 0)  # type: ignore[call-overload]
+        if group and size + n > target:
+            rows.append({"shards": json.dumps(group)})
+            group, size = [], 0
+        group.append(item)
+        size += n
+    if group:
+        rows.append({"shards": json.dumps(group)})
+    return rows
+
+
 def read_and_tokenize(batch: pa.Table, *, source: SourceConfig, model: ModelConfig, chunking: ChunkingConfig,
                       lang_column: str | None = None, ids: IdsSink | None = None, progress: Any = None,
                       metadata_types: dict[str, pa.DataType] | None = None,
                       change: ChangeCheck | None = None) -> Iterator[pa.Table]:
-    """Chunk rows of every shard in ``batch`` (items of :func:`shard_items`), each shard closed by its marker."""
-    for item in batch.to_pylist():
-        yield from ShardReader(item, source, model, chunking, lang_column, ids, progress, metadata_types,
-                               change).run()
+    """Chunk rows of every shard in ``batch`` (rows of :func:`group_items`, or items of :func:`shard_items`), each
+    shard closed by its marker."""
+    for row in batch.to_pylist():
+        for item in (json.loads(row["shards"]) if "shards" in row else [row]):
+            yield from ShardReader(item, source, model, chunking, lang_column, ids, progress, metadata_types,
+                                   change).run()
 
 
 DUPLICATE_ID = "duplicate_id"  # the reason of a row whose id a later row of the same shard repeats

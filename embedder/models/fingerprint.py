@@ -40,6 +40,8 @@ def model_fingerprint(cfg: ModelConfig, path: str | None = None) -> str:
     started = time.monotonic()
     h = hashlib.blake2b(digest_size=16)
     if cfg.name.startswith("s3://"):
+        from embedder.models.source import s3_objects
+
         for key, size, etag in s3_objects(cfg.name, cfg.storage_options):
             h.update(f"{key}\0{size}\0{etag}\n".encode())
     else:
@@ -68,24 +70,6 @@ def _hub_snapshot(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(repo_id, local_files_only=True))
-
-
-def s3_objects(uri: str, storage_options: dict[str, object]) -> list[tuple[str, int, str]]:
-    """``(key relative to the prefix, size, ETag)`` of every object of an ``s3://`` model, sorted."""
-    from embedder.models.source import _s3
-
-    fs, root = _s3(uri, storage_options)
-    fs.invalidate_cache(root)  # a listing cached by this process would hide a model replaced since
-    found = fs.find(root, detail=True)
-    out = []
-    for key, info in sorted(found.items()):
-        if key.endswith("/"):
-            continue
-        etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
-        out.append((key[len(root):].lstrip("/"), int(info.get("size") or 0), etag))
-    if not out:
-        raise FileNotFoundError(f"model.name {uri}: no files under this prefix")
-    return out
 
 
 def precision_class(precision: str) -> str:
@@ -133,5 +117,5 @@ def parse_fingerprint_text(value: str | None) -> tuple[int, int, int] | None:
         return None
 
 
-__all__ = ["model_fingerprint", "s3_objects", "vector_fingerprint", "doc_fingerprints", "precision_class",
+__all__ = ["model_fingerprint", "vector_fingerprint", "doc_fingerprints", "precision_class",
            "fingerprint_text", "parse_fingerprint_text"]

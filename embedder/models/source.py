@@ -42,8 +42,6 @@ def download_s3_model(uri: str, cache_dir: Path, storage_options: dict[str, obje
     The cached copy is named for the objects' keys, sizes and ETags: a model replaced in place under the
     same prefix is downloaded again, never served from the old copy.
     """
-    from embedder.models.fingerprint import s3_objects
-
     uri = uri.rstrip("/")
     base = uri.rstrip("/").rsplit("/", 1)[-1]
     try:
@@ -80,6 +78,22 @@ def download_s3_model(uri: str, cache_dir: Path, storage_options: dict[str, obje
         log.info("downloaded model %s (%d files) to %s in %.1fs", uri, len(files), target,
                  time.monotonic() - started)
     return target
+
+
+def s3_objects(uri: str, storage_options: dict[str, object]) -> list[tuple[str, int, str]]:
+    """``(key relative to the prefix, size, ETag)`` of every object of an ``s3://`` model, sorted."""
+    fs, root = _s3(uri, storage_options)
+    fs.invalidate_cache(root)  # a listing cached by this process would hide a model replaced since
+    found = fs.find(root, detail=True)
+    out = []
+    for key, info in sorted(found.items()):
+        if key.endswith("/"):
+            continue
+        etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+        out.append((key[len(root):].lstrip("/"), int(info.get("size") or 0), etag))
+    if not out:
+        raise FileNotFoundError(f"model.name {uri}: no files under this prefix")
+    return out
 
 
 def _cached_copies(cache_dir: Path, base: str, uri: str) -> list[Path]:
