@@ -5,7 +5,9 @@
   :func:`spread_order`; plain jsonl: pieces of the file in that order; jsonl.gz: from its first
   line), tokenize it with the job's tokenizer and chunking, count what the job's records count;
 * :class:`ShardSample`: those counts, the bytes of the file they stand for, and
-  :meth:`ShardSample.scaled`, the counts of the whole shard.
+  :meth:`ShardSample.scaled`, the counts of the whole shard; where asked, the sampled documents'
+  fingerprints as the read task computes them (:attr:`ShardSample.docs`), for
+  :func:`jobs.estimate.compare_docs`.
 
 Nothing here loads model weights, starts Ray or writes anything.
 """
@@ -27,11 +29,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cluster import contract as c
+from cluster.manifest.ids import FP
 from cluster.settings import SourceConfig
 from cluster.source import Shard, ShardError, open_shard, read_shard
 from cluster.source.jsonl import read_jsonl
+from cluster.stages.arrow import is_payload
 from cluster.stages.read import DUPLICATE_ID, later_duplicates
 from cluster.stages.tokenize import tokenize_table
+from embedder.models.fingerprint import doc_fingerprints
 
 if TYPE_CHECKING:
     from embedder.tokenize import TextTokenizer
@@ -72,6 +77,12 @@ class ShardSample:
     tokenize_s: float = 0.0
     counts: Counter[str] = field(default_factory=Counter)
     rows_total: int | None = None  # rows of the whole shard, where the file says (parquet)
+    #: The sampled documents (read when a vector fingerprint was given): ``doc_id``, ``fp`` (as the read task
+    #: computes it; 0 for a row it rejects before tokenizing), ``n_chunks`` and ``n_tokens`` (what it would embed).
+    docs: pa.Table | None = None
+    #: Whole-shard figures known better than by scaling the sample (:func:`jobs.estimate.from_id_file`): they
+    #: replace the scaled counts of the same keys.
+    whole: Counter[str] = field(default_factory=Counter)
 
     @property
     def scale(self) -> float:
@@ -100,16 +111,26 @@ class ShardSample:
             kind = key.rsplit(":", 1)[-1]
             factor = (by_rows if kind in PER_DOC else by_chunks if kind in PER_CHUNK else by_bytes)
             out[key] = value * factor
+        for key, value in self.whole.items():
+            out[key] = value
         return out
 
 
 #: Counts per document and per chunk (the rest are per byte: tokens, text, ...); ``lang:<x>:<kind>`` too.
-PER_DOC = frozenset({"docs", "docs_embedded", "docs_rejected", "docs_truncated", "duplicate_ids"})
-PER_CHUNK = frozenset({"chunks", "pk_bytes", "doc_id_bytes", "fp_bytes", "metadata_bytes", "sparse_nnz"})
+#: ``*_unchanged`` / ``*_changed`` / ``*_new`` / ``*_unknown``: :func:`jobs.estimate.compare_docs`.
+DOC_KINDS = ("unchanged", "changed", "new", "unknown")
+PER_DOC = frozenset({"docs", "docs_embedded", "docs_rejected", "docs_truncated", "duplicate_ids",
+                     *(f"docs_{k}" for k in DOC_KINDS)})
+PER_CHUNK = frozenset({"chunks", "pk_bytes", "doc_id_bytes", "fp_bytes", "metadata_bytes", "sparse_nnz",
+                       *(f"chunks_{k}" for k in DOC_KINDS)})
 
 
-def sample_shard(shard: Shard, cfg: JobConfig, tok: TextTokenizer, max_bytes: int) -> ShardSample:
+def sample_shard(shard: Shard, cfg: JobConfig, tok: TextTokenizer, max_bytes: int,
+                 vector_fp: str | None = None) -> ShardSample:
     """Read ``shard`` with the job's reader until ``max_bytes`` of text, tokenize it as the job does, count.
+
+    With ``vector_fp`` (:func:`embedder.models.fingerprint.vector_fingerprint` of the run), the sampled
+    documents' fingerprints are computed as the read task does and kept in :attr:`ShardSample.docs`.
 
     Reads are spread over the file where the format allows, so that a file sorted by length, date
     or kind is not judged by its head: parquet row group by row group in :func:`spread_order` (the
@@ -151,7 +172,7 @@ def sample_shard(shard: Shard, cfg: JobConfig, tok: TextTokenizer, max_bytes: in
     text_bytes = sum(_text_bytes(t) for t in tables)
     if tables:
         t0 = time.monotonic()
-        out.counts = _count(pa.concat_tables(tables, promote_options="permissive"), tok, cfg)
+        out.counts, out.docs = _count(pa.concat_tables(tables, promote_options="permissive"), tok, cfg, vector_fp)
         out.tokenize_s = time.monotonic() - t0
     out.counts["text_bytes"] += text_bytes
     out.seconds = time.monotonic() - started
@@ -284,25 +305,28 @@ def _open_for_pieces(shard: Shard, source: SourceConfig, piece: int) -> Any:
         raise storage_failure(shard.path, e) or ShardError(shard.path, f"cannot open: {type(e).__name__}: {e}") from e
 
 
-def sample_shards(shards: list[Shard], cfg: JobConfig, max_bytes: int, workers: int = 1) -> list[ShardSample]:
-    """:func:`sample_shard` of each shard, in ``workers`` processes (each loads the tokenizer once)."""
+def sample_shards(shards: list[Shard], cfg: JobConfig, max_bytes: int, workers: int = 1,
+                  vector_fps: list[str | None] | None = None) -> list[ShardSample]:
+    """:func:`sample_shard` of each shard, in ``workers`` processes (each loads the tokenizer once);
+    ``vector_fps``: per shard, the vector fingerprint to fingerprint its sampled documents with, or None."""
+    fps = vector_fps if vector_fps is not None else [None] * len(shards)
     if workers <= 1 or len(shards) <= 1 or sum(min(s.size, max_bytes) for s in shards) < PARALLEL_FROM_BYTES:
         from cluster.stages.tokenize import get_tokenizer
 
         tok = get_tokenizer(cfg.model, cfg.chunking)
-        return [sample_shard(s, cfg, tok, max_bytes) for s in shards]
+        return [sample_shard(s, cfg, tok, max_bytes, fp) for s, fp in zip(shards, fps)]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(min(workers, len(shards)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(_sample_task, [(s, cfg, max_bytes) for s in shards]))
+        return list(pool.map(_sample_task, [(s, cfg, max_bytes, fp) for s, fp in zip(shards, fps)]))
 
 
-def _sample_task(args: tuple[Shard, JobConfig, int]) -> ShardSample:
+def _sample_task(args: tuple[Shard, JobConfig, int, str | None]) -> ShardSample:
     from cluster.stages.tokenize import get_tokenizer
 
-    shard, cfg, max_bytes = args
-    return sample_shard(shard, cfg, get_tokenizer(cfg.model, cfg.chunking), max_bytes)
+    shard, cfg, max_bytes, vector_fp = args
+    return sample_shard(shard, cfg, get_tokenizer(cfg.model, cfg.chunking), max_bytes, vector_fp)
 
 
 def _jsonl_prefix_bytes(shard: Shard, source: SourceConfig, lines: int) -> int:
@@ -334,8 +358,10 @@ def _jsonl_prefix_bytes(shard: Shard, source: SourceConfig, lines: int) -> int:
     return consumed
 
 
-def _count(table: pa.Table, tok: TextTokenizer, cfg: JobConfig) -> Counter[str]:
-    """What the job's records count for these rows (:mod:`cluster.records`), plus storage figures."""
+def _count(table: pa.Table, tok: TextTokenizer, cfg: JobConfig,
+           vector_fp: str | None = None) -> tuple[Counter[str], pa.Table | None]:
+    """What the job's records count for these rows (:mod:`cluster.records`), plus storage figures; with
+    ``vector_fp``, the documents' fingerprints, chunks and tokens (:attr:`ShardSample.docs`)."""
     counts: Counter[str] = Counter()
     counts["docs"] = table.num_rows
     losers = later_duplicates(table.column(c.DOC_ID).combine_chunks(), table.column(c.ROW).to_numpy())
@@ -346,6 +372,11 @@ def _count(table: pa.Table, tok: TextTokenizer, cfg: JobConfig) -> Counter[str]:
         table = table.set_column(table.schema.get_field_index(c.TEXT), c.TEXT,
                                  pc.if_else(hit, pa.nulls(table.num_rows, pa.string()), table.column(c.TEXT)))
         counts["duplicate_ids"] = len(losers)
+    fps = None
+    if vector_fp is not None:  # as the read task: rows without an error (duplicates are error rows by now)
+        payload = is_payload(table)
+        fps = doc_fingerprints(vector_fp, [t if payload[i] else None
+                                           for i, t in enumerate(table.column(c.TEXT).to_pylist())])
     out, _ = tokenize_table(table, tok, cfg.source.lang_column)
     chunk_index = pc.fill_null(out.column(c.CHUNK_INDEX), -1).to_numpy()
     ok = (chunk_index >= 0) & np.asarray(out.column(c.ERROR).is_null())
@@ -384,7 +415,16 @@ def _count(table: pa.Table, tok: TextTokenizer, cfg: JobConfig) -> Counter[str]:
         counts[f"lang:{lang}:tokens"] += int(n)
         counts[f"lang:{lang}:chunks"] += 1
         counts[f"lang:{lang}:docs"] += int(is_first)
-    return counts
+    docs = None
+    if fps is not None:
+        src = pc.index_in(out.column(c.ROW), value_set=table.column(c.ROW).combine_chunks())
+        src = pc.fill_null(src, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        docs = pa.table({c.DOC_ID: table.column(c.DOC_ID).combine_chunks().cast(pa.string()),
+                         FP: pa.array(fps, pa.uint64()),
+                         c.N_CHUNKS: pa.array(np.bincount(src[ok], minlength=table.num_rows), pa.int32()),
+                         c.N_TOKENS: pa.array(np.bincount(src[ok], weights=n_tokens[ok],
+                                                          minlength=table.num_rows).astype(np.int64), pa.int64())})
+    return counts, docs
 
 
 def _sparse_nonzeros(chunks: pa.Table, tok: TextTokenizer, top_k: int | None) -> int:
