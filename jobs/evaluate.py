@@ -179,7 +179,7 @@ def evaluate(pairs: Pairs, vectors: Vectors, *, configured_dim: int | None, dims
                                                None)))["dense"]
 
     storage = storage_audit(audit_dims, full_dim, vectors.queries, vectors.docs, headline_of,
-                            configured=(stored_dim, dense_type))
+                            configured=(stored_dim, dense_type), groups=pairs.langs[vectors.chunk_doc])
     warnings = []
     if configured_dim and configured_dim < full_dim and not matryoshka_trained:
         warnings.append(f"{model} does not say it was trained for Matryoshka truncation (its model card and "

@@ -36,7 +36,7 @@ def bytes_per_million(dim: int, dense_type: str) -> dict[str, int]:
 
 def storage_audit(dims: Sequence[int], full_dim: int, queries: np.ndarray, docs: np.ndarray,
                   metrics_of: Callable[[np.ndarray], dict[str, Any]], *, configured: tuple[int, str],
-                  types: Sequence[str] = AUDIT_TYPES) -> list[dict[str, Any]]:
+                  types: Sequence[str] = AUDIT_TYPES, groups: np.ndarray | None = None) -> list[dict[str, Any]]:
     """One row per (dimension, type): the headline dense metrics, their drop and the bytes.
 
     Args:
@@ -46,6 +46,8 @@ def storage_audit(dims: Sequence[int], full_dim: int, queries: np.ndarray, docs:
         metrics_of: Chunk score matrix -> the headline averages (``{"recall@1": ..., ...}``).
         configured: ``(model.dense_dim or full, milvus.dense_type)`` of the config, marked in the rows.
         types: The types to audit.
+        groups: Per document chunk, the collection it is searched in (its language): re-ranking takes
+            its candidates per group, as a search of that collection would. None: one collection.
     """
     reference = None
     rows = []
@@ -56,8 +58,10 @@ def storage_audit(dims: Sequence[int], full_dim: int, queries: np.ndarray, docs:
             stored = kind.split("+")[0]
             if stored == "binary" and dim % 8:
                 continue
-            chunk_scores = qz.scores(q, d, stored, scale=scale if stored == "int8" else None,
-                                     rescore_docs=d if kind.endswith("+rescore") else None)
+            if kind.endswith("+rescore"):
+                chunk_scores = _rescored(q, d, groups)
+            else:
+                chunk_scores = qz.scores(q, d, stored, scale=scale if stored == "int8" else None)
             head = metrics_of(chunk_scores)
             if reference is None:  # float32 at the full dimension comes first
                 reference = head
@@ -66,6 +70,17 @@ def storage_audit(dims: Sequence[int], full_dim: int, queries: np.ndarray, docs:
                          "bytes_per_million": bytes_per_million(dim, kind),
                          "configured": (dim, stored) == configured and not kind.endswith("+rescore")})
     return rows
+
+
+def _rescored(q: np.ndarray, d: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """Binary search re-ranked with the float32 copy, the candidates taken within each group's documents."""
+    if groups is None:
+        return qz.scores(q, d, "binary", rescore_docs=d)
+    out = np.full((len(q), len(d)), -np.inf, dtype=np.float32)
+    for g in np.unique(groups):
+        cols = np.flatnonzero(groups == g)
+        out[:, cols] = qz.scores(q, d[cols], "binary", rescore_docs=d[cols])
+    return out
 
 
 def _bytes(n: int) -> str:
