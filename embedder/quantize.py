@@ -106,6 +106,14 @@ def stored(x: np.ndarray, dense_type: str, scale: float | None = None) -> np.nda
     raise ValueError(f"unknown dense type {dense_type!r}; choose one of {', '.join(DENSE_TYPES)}")
 
 
+def _as_float(x: np.ndarray, dense_type: str) -> np.ndarray:
+    """The float32 values a float type stores of ``x`` (rounded as stored)."""
+    if dense_type == "bfloat16":
+        return from_bfloat16_bits(to_bfloat16_bits(x))
+    return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float32) if dense_type == "float16" \
+        else np.asarray(x, dtype=np.float32)
+
+
 def scores(queries: np.ndarray, docs: np.ndarray, dense_type: str, *, scale: float | None = None,
            rescore_docs: np.ndarray | None = None, k: int = 10) -> np.ndarray:
     """Similarity of float32 ``queries`` to float32 ``docs`` as a collection of ``dense_type`` would rank them
@@ -121,12 +129,7 @@ def scores(queries: np.ndarray, docs: np.ndarray, dense_type: str, *, scale: flo
         k: The cut-off the rescoring serves.
     """
     if dense_type in ("float32", "float16", "bfloat16"):
-        q = stored(queries, dense_type).astype(np.float32) if dense_type == "float16" else None
-        if dense_type == "bfloat16":
-            return from_bfloat16_bits(stored(queries, dense_type)) @ from_bfloat16_bits(stored(docs, dense_type)).T
-        if dense_type == "float16":
-            return q @ stored(docs, dense_type).astype(np.float32).T  # type: ignore[operator]
-        return np.asarray(queries, np.float32) @ np.asarray(docs, np.float32).T
+        return _as_float(queries, dense_type) @ _as_float(docs, dense_type).T
     if dense_type == "int8":
         if scale is None:
             raise ValueError("int8 needs a calibrated scale")

@@ -107,7 +107,7 @@ def dense_bytes(dim: int) -> dict[str, float]:
             "binary": math.ceil(dim / 8)}
 
 
-HNSW_M = 16  # the job's HNSW index (cluster.milvus.schema.HNSW_PARAMS)
+HNSW_M = 16  # the job's HNSW index (cluster.milvus.dense_types.HNSW_PARAMS)
 SPARSE_NONZERO_BYTES = 8  # a uint32 token id and a float32 weight
 IVF_ID_BYTES = 8  # the int64 row offset kept per vector in IVF lists
 

@@ -40,6 +40,7 @@ from jobs.cli import EXIT_FAILED, EXIT_INVALID, EXIT_OK, setup_logging
 from jobs.config import ConfigError, JobConfig, load_config
 from jobs.eval_milvus import evaluate_through_milvus
 from jobs.eval_pairs import Pairs, PairsError, averages, read_pairs
+from jobs.storage_audit import format_storage_audit, human_bytes, storage_audit
 
 log = logging.getLogger("jobs.evaluate")
 
@@ -172,8 +173,6 @@ def evaluate(pairs: Pairs, vectors: Vectors, *, configured_dim: int | None, dims
         audit.append({"dim": dim, "bytes_per_million": ev.storage_bytes_per_million(dim, 4),
                       "configured": dim == stored_dim, **avg,
                       "recall@10_drop": ev.recall_drop(full_head["dense"], _headline(avg)["dense"])})
-    from jobs.storage_audit import storage_audit
-
     def headline_of(chunk_scores: np.ndarray) -> dict[str, Any]:
         return _headline(averages(pair_metrics(pairs, vectors.failed, _doc_scores(chunk_scores, vectors, n),
                                                None)))["dense"]
@@ -215,13 +214,6 @@ def _metric_cells(entry: dict[str, Any], modes: Sequence[str]) -> str:
     return " | ".join(" ".join(_fmt(entry[m][k]) for k in ev.METRICS) for m in modes)
 
 
-def _bytes(n: int) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n} B"
-
-
 def format_report(report: dict[str, Any]) -> str:
     """The console tables: per pair, averages, a recall@10 matrix, the Matryoshka audit, Milvus, warnings."""
     modes = report["modes"]
@@ -257,12 +249,10 @@ def format_report(report: dict[str, Any]) -> str:
     for row in report["matryoshka"]:
         avg = row.get("cross_lingual", row["all"])
         mark = " <- model.dense_dim" if row["configured"] and row["dim"] != report["full_dim"] else ""
-        lines.append(f"{row['dim']:>5} {_bytes(row['bytes_per_million']):>10}  "
+        lines.append(f"{row['dim']:>5} {human_bytes(row['bytes_per_million']):>10}  "
                      + " | ".join(" ".join(_fmt(avg[m][k]) for k in ev.METRICS) for m in audit_modes)
                      + f"  {row['recall@10_drop']:>+10.3f}{mark}")
     if report.get("storage"):
-        from jobs.storage_audit import format_storage_audit
-
         lines += [""] + format_storage_audit(report["storage"], scope)
     milvus = report.get("milvus")
     if milvus:

@@ -83,7 +83,8 @@ def _rescored(q: np.ndarray, d: np.ndarray, groups: np.ndarray | None) -> np.nda
     return out
 
 
-def _bytes(n: int) -> str:
+def human_bytes(n: int) -> str:
+    """``n`` bytes as GB, MB or B (the report's unit)."""
     for unit, size in (("GB", 1e9), ("MB", 1e6)):
         if n >= size:
             return f"{n / size:.2f} {unit}"
@@ -101,9 +102,9 @@ def format_storage_audit(rows: list[dict[str, Any]], scope: str) -> list[str]:
             mark += f"  (milvus.int8_scale {r['int8_scale']})"
         b = r["bytes_per_million"]
         lines.append(f"{r['dim']:>5} {r['type']:<15} " + " ".join(f"{r[k]:5.3f}" for k in ev.METRICS)
-                     + f" {r['recall@10_drop']:>+9.3f}  {_bytes(b['vectors']):>9} {_bytes(b['hnsw']):>9} "
-                     f"{_bytes(b['ivf_flat']):>9}{mark}")
+                     + f" {r['recall@10_drop']:>+9.3f}  {human_bytes(b['vectors']):>9} {human_bytes(b['hnsw']):>9} "
+                     f"{human_bytes(b['ivf_flat']):>9}{mark}")
     return lines
 
 
-__all__ = ["AUDIT_TYPES", "bytes_per_million", "storage_audit", "format_storage_audit"]
+__all__ = ["AUDIT_TYPES", "bytes_per_million", "human_bytes", "storage_audit", "format_storage_audit"]

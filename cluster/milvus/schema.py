@@ -29,7 +29,6 @@ from pymilvus.milvus_client.index import IndexParams
 from cluster import contract as C
 from cluster.milvus.connect import is_lite_client
 from cluster.milvus.dense_types import FIELD_TYPE
-from cluster.milvus.dense_types import HNSW_PARAMS as DENSE_HNSW_PARAMS
 from cluster.milvus.dense_types import index_params as dense_index_params
 from cluster.milvus.errors import SchemaMismatchError
 from cluster.settings import MilvusConfig
@@ -41,7 +40,6 @@ DOC_ID_MAX_LENGTH = 512
 METADATA_VARCHAR_MAX_LENGTH = C.VARCHAR_MAX_BYTES
 DENSE = C.DENSE
 SPARSE = C.SPARSE_FIELD
-HNSW_PARAMS = DENSE_HNSW_PARAMS
 # The key scheme is part of the contract with an existing collection: rows written under another
 # scheme would be duplicated, never replaced.
 KEY_SCHEME = "blake2b128(doc_id)#chunk"

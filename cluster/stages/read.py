@@ -326,7 +326,7 @@ class ShardReader:
         chunks, tokens = np.where(skip, prev_n, 0).astype(np.int32), np.where(skip, prev_tokens, 0)
         # Not known from the id file (new here, or its fingerprint unknown), or the id file not trusted: ask
         # the collection. A document whose recorded fingerprint differs has changed: nothing to ask.
-        ask = (fps != 0) & ~skip & ((prev_fp == 0) | ~np.bool_(self.change.trust_manifest))
+        ask = (fps != 0) & ~skip & ((prev_fp == 0) | (not self.change.trust_manifest))
         if ask.any() and self.change.milvus is not None:
             idx = np.flatnonzero(ask)
             ids = [str(x) for x in table.column(c.DOC_ID).take(pa.array(idx)).to_pylist()]
