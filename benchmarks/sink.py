@@ -307,7 +307,7 @@ for s in shard_list:
                             "reject_samples": [], "fp32_reruns": 0, "at": time.time()})
         for path in done:
             st = tracker.shards[path]
-            manifest.mark_done(s, st.manifest_counts(), st.info.get("ids"), None)
+            manifest.mark_done([(s, st.manifest_counts(), st.info.get("ids"))])
 summary = tracker.summary()
 print(json.dumps({"docs": docs, "shards": shards, "records": docs // rec_rows,
                   "cpu_s": round(time.process_time() - t0, 2),

@@ -238,14 +238,12 @@ def resume_imports(cfg: JobConfig, manifest: Manifest, the_plan: Plan, *, client
     if not groups:
         return 0
     client = client or import_client(cfg, the_plan.milvus)
-    records = manifest.records()
     completed = 0
 
     def done(group: dict[str, Any]) -> None:
         nonlocal completed
-        for s in group["shards"]:
-            shard = Shard(path=s["path"], format=s["format"], size=s["size"], version=s["version"])
-            manifest.mark_done(shard, s["counts"], s.get("ids"), records.get(s["path"]))
+        manifest.mark_done([(Shard(path=s["path"], format=s["format"], size=s["size"], version=s["version"]),
+                             s["counts"], s.get("ids")) for s in group["shards"]])
         manifest.drop_import_group(group["name"])
         _delete_files(cfg, group["uris"])
         completed += 1
@@ -381,8 +379,7 @@ class ImportGroups:
             _delete_files(self.cfg, uris)
             return
         if not files:
-            for p in keep:
-                self.record(p)
+            self.record(keep)
             return
         name = f"{self.plan.run_id}-g{g:05d}"
         jobs = [{"key": f"{self.manifest.key}-{name}-{k}", "files": [f["path"] for f in part], "job_id": None,
@@ -408,8 +405,7 @@ class ImportGroups:
         self.jobs.poll()
 
     def _completed(self, group: dict[str, Any]) -> None:
-        for s in group["shards"]:
-            self.record(s["path"])
+        self.record([s["path"] for s in group["shards"]])
         self.manifest.drop_import_group(group["name"])
         _delete_files(self.cfg, group["uris"])
         log.info("import group %s completed: %d shard(s) recorded", group["name"], len(group["shards"]))

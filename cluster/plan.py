@@ -25,6 +25,7 @@ from cluster.manifest import (
     job_identity,
     target_key,
 )
+from cluster.manifest.record_log import COMPACT_EVERY
 from cluster.source import Shard, ShardError, list_shards, read_shard
 
 if TYPE_CHECKING:
@@ -284,6 +285,8 @@ def _plan_shards(cfg: JobConfig, the_plan: Plan, store: Store | None, *, created
     records = manifest.records()
     _refuse_foreign_rows(cfg, the_plan, created,
                          expected=sum(int(r.get("chunks") or 0) for r in records.values() if manifest.done(r)))
+    if manifest.log.segments >= COMPACT_EVERY:  # left by runs that stopped: one index before this run adds more
+        manifest.compact()
     garbage = manifest.collect_garbage(records)
     if garbage:
         log.info("removed %d id file(s) left by runs that stopped before recording", garbage)

@@ -5,14 +5,17 @@ or its import job completed); the :class:`ShardRecorder` records it: the id-kind
 ``Manifest.mark_done``, and before a batch of records it reads the lease object, so that a run
 that lost its lease to another records nothing more (fencing).
 
-Records of the upsert path are written by a background thread (:meth:`ShardRecorder.record_all`
-queues them and returns), the PUTs of a batch in parallel, so that the driver's stream loop never
-waits on object storage (at 20-30 ms a call, 100,000 shards would otherwise cost it ~1 hour).
-What the exactly-once argument needs is kept: a shard is queued only once durable, a batch is
-written only after the lease object was read, and :meth:`ShardRecorder.flush` (before the id
-pass, the repairs, the run's "finished" state and on the failure path) waits for every queued
-record and raises what the thread met (a lost lease). A record not yet written when the driver
-dies is a shard the next run redoes: the same as a record not yet queued.
+Records of the upsert path are written by a background thread: :meth:`ShardRecorder.record_all`
+queues the shards of a sink's checkpoint (every ``checkpoint.record_every_s``) and returns; what
+is queued when the thread gets to it goes into one manifest segment, one PUT
+(:mod:`cluster.manifest.record_log`). So the driver's stream loop never waits on object storage,
+and the manifest gains at most one object per checkpoint, not one per shard (at 20-30 ms a call,
+100,000 shards recorded one by one cost ~1 hour of PUTs). What the exactly-once argument needs is
+kept: a shard is queued only once durable, a segment is written only after the lease object was
+read, and :meth:`ShardRecorder.flush` (before the id pass, the repairs, the run's "finished"
+state and on the failure path) waits for what is queued and raises what the thread met (a lost
+lease). A record not yet written when the driver dies is a shard the next run redoes: the same as
+a record not yet queued.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from cluster.errors import LeaseLost
@@ -35,13 +37,12 @@ log = logging.getLogger("jobs.embed")
 class ShardRecorder:
     """Records the shards of one run (``plan.shards``) as they become durable."""
 
-    PARALLEL_PUTS = 8  # records of one batch written at once
 
     def __init__(self, the_plan: Plan, tracker: RunTracker) -> None:
         self.plan, self.tracker = the_plan, tracker
         self.by_path = {s.path: s for s in the_plan.shards}
         self.queued = 0  # shards queued and not yet written (or dropped after an error)
-        self.written = 0  # record batches written by the background thread
+        self.written = 0  # segments written by the background thread
         self._queue: queue.Queue[list[str] | None] = queue.Queue()
         self._idle = threading.Condition()
         self._error: BaseException | None = None
@@ -88,38 +89,48 @@ class ShardRecorder:
             self._thread = None
 
     def _run(self) -> None:
-        with ThreadPoolExecutor(self.PARALLEL_PUTS, thread_name_prefix="shard-record") as pool:
-            while (batch := self._queue.get()) is not None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                return
+            paths = list(first)
+            while True:  # what else is queued by now goes into the same segment
                 try:
-                    if self._error is None:
-                        self.check_lease(read=True)  # fencing: nothing is recorded after the lease is lost
-                        for path in batch:  # id kinds in order (they update the manifest's state)
-                            self._check_id_kind(path, self.tracker.shards[path].info.get("id_kinds") or [])
-                        list(pool.map(self._write, batch))
-                        self.written += 1
-                except BaseException as e:  # noqa: BLE001 - raised to the driver by flush / check_lease
-                    log.warning("recording %d shard(s) failed: %s: %s", len(batch), type(e).__name__, e)
-                    self._error = e
-                finally:
-                    with self._idle:
-                        self.queued -= len(batch)
-                        self._idle.notify_all()
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                paths += more
+            try:
+                if paths and self._error is None:
+                    self.check_lease(read=True)  # fencing: nothing is recorded after the lease is lost
+                    self._write(paths)
+                    self.written += 1
+            except BaseException as e:  # noqa: BLE001 - raised to the driver by flush / check_lease
+                log.warning("recording %d shard(s) failed: %s: %s", len(paths), type(e).__name__, e)
+                self._error = e
+            finally:
+                with self._idle:
+                    self.queued -= len(paths)
+                    self._idle.notify_all()
 
-    def _write(self, path: str) -> None:
-        st = self.tracker.shards[path]
-        if self.plan.manifest is None or not st.ok:
-            return
-        self.plan.manifest.mark_done(self.by_path[path], st.manifest_counts(), st.info.get("ids"),
-                                     self.plan.records.get(path))
+    def _write(self, paths: list[str]) -> None:
+        """One segment with the records of ``paths`` (id kinds checked in order: they update the manifest's state)."""
+        done = []
+        for path in paths:
+            st = self.tracker.shards[path]
+            self._check_id_kind(path, st.info.get("id_kinds") or [])
+            if st.ok:
+                done.append((self.by_path[path], st.manifest_counts(), st.info.get("ids")))
+        if self.plan.manifest is not None and done:
+            self.plan.manifest.mark_done(done, fence=lambda: self.check_lease(read=True))
 
-    def record(self, path: str) -> None:
-        """Record one durable shard now, in this thread (bulk import groups, as their jobs complete)."""
-        st = self.tracker.shards[path]
-        self._check_id_kind(path, st.info.get("id_kinds") or [])
-        if self.plan.manifest is None or not st.ok:
-            return
-        self.plan.manifest.mark_done(self.by_path[path], st.manifest_counts(), st.info.get("ids"),
-                                     self.plan.records.get(path))
+    def record(self, paths: list[str]) -> None:
+        """Record durable shards now, in this thread, in one segment (bulk import groups, as their jobs complete)."""
+        self._write(paths)
 
     def _check_id_kind(self, path: str, kinds: list[str]) -> None:
         """Report a shard whose ids are of another kind (integer / string) than earlier shards'."""

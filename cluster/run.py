@@ -191,8 +191,7 @@ class Run:
                       "run tries them again", result["delete_failures"])
             return
         self._check_lease(read=True)  # fencing: only the lease holder changes the manifest
-        for path in p.vanished:
-            m.forget(p.records[path])
+        m.forget(p.vanished)
         m.clear_pending(pending)
 
     def _run_id_pass(self, processed: list[str], kept: list[str], candidates: list[str],

@@ -7,9 +7,12 @@ of the settings that decide the rows: source, model, chunking, target collection
 * ``state.json``: the generation, whether the last run of it finished, the run that may be writing
   (``open_run``: left behind by a run that stopped, so that the next one trusts no fingerprint of
   the id files without the collection's word), the source's id kind;
-* ``shards/<key>.json``: one record per shard (path, size, version, counts, the generation that
-  finished it, its id file), written only after the shard's rows are written and its rejects
-  are in the dead-letter files (bulk import: after its import job completed);
+* ``records/``: one record per shard (path, size, version, counts, the generation that finished
+  it, its id file), written only after the shard's rows are written and its rejects are in the
+  dead-letter files (bulk import: after its import job completed); the records of one
+  checkpoint go into one segment object, compacted into one index object at the end of a run
+  (:mod:`cluster.manifest.record_log`; ``shards/<key>.json``, one object per record, is the
+  layout before it, still read);
 * ``ids/<key>-<run>.parquet``: the shard's document ids and chunk counts, written by the read
   task (see :mod:`cluster.manifest.ids`);
 * ``pending/<key>-<run>.parquet``: ids that left a changed shard, deleted by a later
@@ -27,8 +30,10 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from cluster.manifest.record_log import RecordLog
 from cluster.manifest.store import Store
 from cluster.source import Shard
 
@@ -90,6 +95,7 @@ class Manifest:
         if not self.store.exists("job.json"):
             self.store.put_json("job.json", identity)
         self.state: dict[str, Any] = self.store.get_json("state.json") or {"generation": 0, "finished": False}
+        self.log = RecordLog(self.store)
 
     @property
     def generation(self) -> int:
@@ -100,24 +106,8 @@ class Manifest:
 
     # ---- shard records ---------------------------------------------------------------------------
     def records(self) -> dict[str, dict[str, Any]]:
-        """Every shard record (of any generation), by shard path."""
-        names = self.store.list("shards", ".json")
-        if not names:
-            return {}
-        paths = [self.store.path(f"shards/{n}") for n in names]
-        blobs = self.store.fs.cat(paths, on_error="omit")  # concurrent on S3
-        out = {}
-        for name, path in zip(names, paths):
-            if path not in blobs:
-                continue  # removed since the listing
-            rec = self.store._parse(f"shards/{name}", blobs[path])
-            if not isinstance(rec, dict) or "path" not in rec:
-                from cluster.manifest.store import ManifestCorrupt
-
-                raise ManifestCorrupt(f"manifest object {self.store.uri_of('shards/' + name)} is not a shard record; "
-                                      f"delete it (that shard is embedded again) or the folder {self.uri}")
-            out[rec["path"]] = rec
-        return out
+        """Every shard record (of any generation), by shard path, read from storage now."""
+        return self.log.load()
 
     def done(self, rec: dict[str, Any] | None) -> bool:
         """The record finished its shard in the current generation."""
@@ -134,21 +124,26 @@ class Manifest:
     def pending_rel(self, path: str, run_id: str) -> str:
         return f"pending/{shard_key(path)}-{run_id}.parquet"
 
-    def mark_done(self, shard: Shard, counts: dict[str, Any], ids_rel: str | None,
-                  previous: dict[str, Any] | None) -> None:
-        """Record ``shard`` as finished in this generation; the id file of the record it replaces goes."""
-        rec = {"path": shard.path, "size": shard.size, "version": shard.version, "generation": self.generation,
-               "ids": ids_rel, "finished_at": time.time(), **counts}
-        self.store.put_json(f"shards/{shard_key(shard.path)}.json", rec)
-        old = (previous or {}).get("ids")
-        if old and old != ids_rel:
-            self.store.delete(old)
+    def mark_done(self, done: list[tuple[Shard, dict[str, Any], str | None]],
+                  fence: Callable[[], None] | None = None) -> None:
+        """Record the shards ``[(shard, counts, id file), ...]`` as finished in this generation, in one segment.
 
-    def forget(self, rec: dict[str, Any]) -> None:
-        """Drop a shard's record and id file (its file left the source and its documents were deleted)."""
-        self.store.delete(f"shards/{shard_key(rec['path'])}.json")
-        if rec.get("ids"):
-            self.store.delete(rec["ids"])
+        The id files of the records they replace are deleted at the next compaction (:meth:`compact`).
+        ``fence`` is called before a compaction deletes anything.
+        """
+        now = time.time()
+        self.log.append([{"path": shard.path, "size": shard.size, "version": shard.version,
+                          "generation": self.generation, "ids": ids_rel, "finished_at": now, **counts}
+                         for shard, counts, ids_rel in done], fence=fence)
+
+    def forget(self, paths: list[str]) -> None:
+        """Drop shards' records (their files left the source and their documents were deleted); their id files
+        go at the next compaction."""
+        self.log.append([], forget=paths)
+
+    def compact(self, fence: Callable[[], None] | None = None) -> None:
+        """Write the records' index and remove the segments, legacy records and id files it makes obsolete."""
+        self.log.compact(fence)
 
     def collect_garbage(self, records: dict[str, dict[str, Any]]) -> int:
         """Delete id files no record refers to (left by runs that stopped before recording); returns how many."""
@@ -191,6 +186,7 @@ class Manifest:
         self._save_state()
 
     def set_finished(self, summary: dict[str, Any]) -> None:
+        self.compact()
         self.state = {**self.state, "finished": True, "finished_at": time.time(), "summary": summary}
         self.state.pop("open_run", None)
         self._save_state()

@@ -124,10 +124,9 @@ class Harness:
     def client(self, **kw: Any) -> ImportClient:
         return ImportClient(self.server.url, token=None, db_name=None, sleep=no_sleep, attempts=2, **kw)
 
-    def record(self, path: str) -> None:
-        st = self.tracker.shards[path]
-        shard = next(s for s in self.shards if s.path == path)
-        self.manifest.mark_done(shard, st.manifest_counts(), None, None)
+    def record(self, paths: list[str]) -> None:
+        self.manifest.mark_done([(next(s for s in self.shards if s.path == path),
+                                  self.tracker.shards[path].manifest_counts(), None) for path in paths])
 
     def embed(self, k: int, writers: tuple[int, ...] = (0, 1)) -> str:
         """Shard k's rows go to the given writers; the shard's records are confirmed."""
@@ -299,7 +298,7 @@ def test_a_shard_changed_since_it_was_imported_is_refused(tmp_path: Path, tiny_m
             checkpoint={"uri": str(tmp_path / "state")}))
         manifest = Manifest(Store(cfg.checkpoint.uri), job_identity(cfg))
         shard = Shard(path=str(src / "a.parquet"), format="parquet", size=1, version="as imported")
-        manifest.mark_done(shard, {"docs": 2, "chunks": 2}, None, None)  # imported, then the file changed
+        manifest.mark_done([(shard, {"docs": 2, "chunks": 2}, None)])  # imported, then the file changed
         with pytest.raises(ValueError, match=r"changed since this bulk_import run imported them.*jobs.reindex"):
             plan(cfg)
     finally:

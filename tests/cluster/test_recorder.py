@@ -17,7 +17,7 @@ from cluster.source import Shard
 
 
 class SlowStore(Store):
-    """A checkpoint storage whose shard-record PUTs wait until the test opens the gate."""
+    """A checkpoint storage whose shard-record PUTs (segments) wait until the test opens the gate."""
 
     def __init__(self, uri: str, gate: threading.Event, started: threading.Event) -> None:
         super().__init__(uri)
@@ -28,7 +28,7 @@ class SlowStore(Store):
         return out
 
     def put_json(self, rel: str, value: Any) -> None:
-        if rel.startswith("shards/"):
+        if rel.startswith("records/"):
             self.started.set()
             assert self.gate.wait(60), "the test never opened the gate"
         super().put_json(rel, value)
@@ -54,12 +54,27 @@ def test_record_all_returns_while_object_storage_is_still_writing(tmp_path: Path
     recorder.record_all(paths[:30])
     assert started.wait(30)  # the background thread is inside a PUT, held by the gate ...
     recorder.record_all(paths[30:])  # ... and queuing more does not wait for it
-    assert recorder.queued == 50 and manifest.records() == {}
+    assert recorder.queued == 50 and Manifest(Store(str(tmp_path / "state")), {"job": "recorder-test"}).records() == {}
     with pytest.raises(TimeoutError, match="still being written"):
         recorder.flush(timeout_s=0.2)
     gate.set()
     recorder.flush()
     assert sorted(manifest.records()) == paths and recorder.queued == 0 and recorder.written == 2
+    recorder.close()
+
+
+def test_the_records_queued_meanwhile_are_one_object(tmp_path: Path) -> None:
+    """Checkpoints queued while a segment is being written go into the next segment together (one PUT)."""
+    recorder, manifest, _, gate, started = setup(tmp_path, 300)
+    paths = list(recorder.by_path)
+    recorder.record_all(paths[:10])
+    assert started.wait(30)  # the first segment is being written ...
+    for k in range(10, 300, 10):  # ... while 29 more checkpoints queue their shards
+        recorder.record_all(paths[k:k + 10])
+    gate.set()
+    recorder.flush()
+    assert recorder.written == 2 and sorted(manifest.records()) == paths
+    assert len(manifest.store.list("records", ".json")) == 2
     recorder.close()
 
 

@@ -275,10 +275,8 @@ def test_shard_figures_from_a_manifest_written_by_the_job(tmp_path: Path, e5_mod
     assert not (tmp_path / "checkpoints").exists()
 
     manifest = Manifest(Store(str(tmp_path / "checkpoints")), job_identity(cfg))
-    for shard in list_shards(cfg.source):
-        manifest.mark_done(shard, {"docs": 1, "chunks": 1}, None, None)
     gone = Shard(str(src / "gone.jsonl"), "jsonl", 12345, "mtime:1.0")
-    manifest.mark_done(gone, {"docs": 1, "chunks": 1}, None, None)
+    manifest.mark_done([(shard, {"docs": 1, "chunks": 1}, None) for shard in [*list_shards(cfg.source), gone]])
     (src / "old-name.jsonl").rename(src / "e.jsonl")  # renamed: same size and mtime under a new name
     _write(src / "c.jsonl", docs("c", 9), 1_700_000_200)  # changed
     _write(src / "f.jsonl", docs("f", 2), 1_700_000_300)  # new
@@ -434,7 +432,7 @@ def incremental_corpus(root: Path, model: Path, seed: int = 0, shards: int = 8, 
         rel = manifest.ids_rel(shard.path, "run1")
         info = read_task(cfg, shard, vector_fp, ids_out=rel, sink=sink)
         assert info["ids"] == rel and info["unchanged"] == 0
-        manifest.mark_done(shard, {"docs": info["docs_unique"], "chunks": info["chunks_embedded"]}, rel, None)
+        manifest.mark_done([(shard, {"docs": info["docs_unique"], "chunks": info["chunks_embedded"]}, rel)])
     manifest.set_finished({})
     records = manifest.records()
 

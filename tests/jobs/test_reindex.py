@@ -152,15 +152,15 @@ def test_reindex_continues_a_killed_build_drops_abandoned_ones_and_retries_valid
     assert len(made) == 1
     abandoned = made.pop()
 
-    # The build is killed (SIGTERM) right after its first shard was recorded (records are written by a
-    # background thread, several at a time: exactly one gets through).
+    # The build is killed (SIGTERM) right after its first checkpoint, which had one shard durable (the records of a
+    # checkpoint are one manifest segment: exactly one segment, of one shard, gets through).
     mark_done = Manifest.mark_done
     once = threading.Lock()
 
-    def killed(self: Manifest, *args: object, **kwargs: object) -> None:
+    def killed(self: Manifest, done: list, *args: object, **kwargs: object) -> None:
         with once:
             if not killed.done:  # type: ignore[attr-defined]
-                mark_done(self, *args, **kwargs)
+                mark_done(self, done[:1], *args, **kwargs)
                 killed.done = True  # type: ignore[attr-defined]
         raise Interrupted(signal.SIGTERM)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -12,6 +11,7 @@ import pytest
 
 from cluster.contract import chunk_pk
 from cluster.milvus.strict import journal_counts
+from tests.manifests import recorded, recorded_names
 from tests.reliability.conftest import (
     base_config,
     config_file,
@@ -42,7 +42,7 @@ def test_driver_sigkill_then_rerun_resumes_without_loss_or_duplicates(
     proc = start_job(cfg, tmp_path / "summary-killed.json", tmp_path / "log-killed.txt")
     try:
         deadline = time.monotonic() + 600  # only against a hang
-        while not list(shards_dir.glob("*/shards/*.json")):
+        while not recorded(shards_dir):
             assert proc.poll() is None, (tmp_path / "log-killed.txt").read_text()[-3000:]
             assert time.monotonic() < deadline, "no shard finished in time"
             time.sleep(0.2)
@@ -50,8 +50,8 @@ def test_driver_sigkill_then_rerun_resumes_without_loss_or_duplicates(
         proc.wait(timeout=30)
     finally:
         kill_group(proc)  # then its orphans (local Ray, milvus-lite server), as a restarted pod would be clean
-    recorded = {Path(json.loads(f.read_text())["path"]).name for f in shards_dir.glob("*/shards/*.json")}
-    done_before = len(recorded)
+    recorded_before = recorded_names(shards_dir)
+    done_before = len(recorded_before)
     assert 1 <= done_before < 12, "the kill came too late to test a resume"
 
     code, summary, log = run_in_ray(cfg, tmp_path, "resume")  # the restarted driver
@@ -67,7 +67,7 @@ def test_driver_sigkill_then_rerun_resumes_without_loss_or_duplicates(
     assert set(writes) == {chunk_pk(r["id"], 0) for r in rows}
     for k in range(12):
         counts = {writes[chunk_pk(r["id"], 0)] for r in rows[k::12]}
-        assert counts == {1} if f"part-{k:05d}.parquet" in recorded else counts <= {1, 2}, (k, counts)
+        assert counts == {1} if f"part-{k:05d}.parquet" in recorded_before else counts <= {1, 2}, (k, counts)
 
 
 def test_embed_actor_death_mid_batch_is_retried(tmp_path: Path, small_corpus: list[dict[str, str]],

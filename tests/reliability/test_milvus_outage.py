@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.manifests import recorded
 from tests.reliability.conftest import base_config, config_file, run_in_ray, write_parquet_shards
 from tests.reliability.test_faults import corpus
 from tests.servers import LiteServer
@@ -27,7 +28,7 @@ class Outage(threading.Thread):
 
     def run(self) -> None:
         deadline = time.monotonic() + 600  # only against a hang
-        while not list((self.tmp_path / "state" / "checkpoints").glob("*/shards/*.json")):
+        while not recorded(self.tmp_path / "state" / "checkpoints"):
             if time.monotonic() > deadline:
                 return
             time.sleep(0.1)
@@ -94,9 +95,9 @@ def test_a_permanent_outage_fails_clearly_and_the_rerun_resumes(
     assert outage.happened, "the server was never stopped: no outage was tested"
     assert code == 1 and summary["failed"] is True and summary["shards_done"] >= 1
     assert "the run failed" in log and "Milvus" in log
-    recorded = len(list((tmp_path / "state" / "checkpoints").glob("*/shards/*.json")))
-    assert 1 <= recorded < 12
+    n_recorded = len(recorded(tmp_path / "state" / "checkpoints"))
+    assert 1 <= n_recorded < 12
     server.start()
     code, summary, log = run_in_ray(cfg, tmp_path, "after")
     assert code == 0, log[-3000:]
-    assert summary["shards_skipped"] == recorded and count(server) == len(rows)
+    assert summary["shards_skipped"] == n_recorded and count(server) == len(rows)

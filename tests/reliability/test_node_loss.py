@@ -21,6 +21,7 @@ DRIVER = textwrap.dedent("""
     import json, subprocess, sys, time
     from pathlib import Path
     from ray.cluster_utils import Cluster
+    from tests.manifests import recorded
 
     cfg, state, summary, log = sys.argv[1:5]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
@@ -32,7 +33,7 @@ DRIVER = textwrap.dedent("""
         job = subprocess.Popen([sys.executable, "-m", "jobs.embed", "--config", cfg, "--summary", summary],
                                env=env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 240
-        while not list(Path(state).glob("*/shards/*.json")) and job.poll() is None and time.monotonic() < deadline:
+        while not recorded(Path(state)) and job.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         removed = job.poll() is None
         if removed:

@@ -22,6 +22,7 @@ import pytest
 
 from cluster.contract import chunk_pk
 from cluster.milvus.strict import journal_counts
+from tests.manifests import recorded, recorded_names
 from tests.reliability.conftest import (
     base_config,
     config_file,
@@ -100,7 +101,7 @@ def test_signals_lease_and_timer_progress(tmp_path: Path, small_corpus: list[dic
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = job_env(RAY_TMPDIR=ray_tmp)
     state = tmp_path / "state" / "checkpoints"
-    recorded = lambda: len(list(state.glob("*/shards/*.json")))  # noqa: E731
+    n_recorded = lambda: len(recorded(state))  # noqa: E731
     proc = None
     try:
         # Run 1: progress from the timer before any chunk is embedded; the lease refuses run 2; SIGTERM.
@@ -122,7 +123,7 @@ def test_signals_lease_and_timer_progress(tmp_path: Path, small_corpus: list[dic
         assert code == 2, log2[-2000:]
         assert "another run holds" in log2 and f"pid {proc.pid}" in log2
 
-        wait_for("a recorded shard", lambda: recorded() >= 1, proc, log1)
+        wait_for("a recorded shard", lambda: n_recorded() >= 1, proc, log1)
         data = stop_with(proc, signal.SIGTERM, summary1, log1)
         assert 1 <= data["shards_done"] < 12
         # A line on every wake-up of the timer, from the start to the stop: ticks 1, 2, ... none missing.
@@ -130,18 +131,18 @@ def test_signals_lease_and_timer_progress(tmp_path: Path, small_corpus: list[dic
         assert len(ticks) >= 2 and ticks == list(range(1, len(ticks) + 1)), ticks
         assert_no_survivors(ray_tmp, str(tmp_path / "milvus.db"))
         assert not list((state / "leases").glob("*.json")), "the lease was not released"
-        recorded_by_1 = {Path(json.loads(f.read_text())["path"]).name for f in state.glob("*/shards/*.json")}
+        recorded_by_1 = recorded_names(state)
 
         # Run 3 resumes and is stopped by SIGINT (Ctrl-C) once it recorded a shard of its own.
-        before = recorded()
+        before = n_recorded()
         log3, summary3 = tmp_path / "log-3.txt", tmp_path / "summary-3.json"
         proc = start_job(cfg, summary3, log3, env)
-        wait_for("another recorded shard", lambda: recorded() > before, proc, log3)
+        wait_for("another recorded shard", lambda: n_recorded() > before, proc, log3)
         stop_with(proc, signal.SIGINT, summary3, log3)
         assert_no_survivors(ray_tmp, str(tmp_path / "milvus.db"))
 
         # Run 4 (on the session's Ray: how it starts does not matter here) finishes: every document once.
-        done_before = recorded()
+        done_before = n_recorded()
         assert done_before < 12
         code, summary, log4 = run_in_ray(cfg, tmp_path, "4")
         assert code == 0, log4[-3000:]
