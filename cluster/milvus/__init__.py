@@ -5,7 +5,8 @@ Importing this package is cheap (no pymilvus); names are loaded from their modul
 
 * ``from cluster.milvus.connect import connect``: ``connect(cfg) -> MilvusClient``
 * ``CollectionSpec``, ``ensure_collection(client, spec)`` (:mod:`.schema`)
-* ``MilvusWriter(client, spec, cfg).write(table) / .flush()`` (:mod:`.writer`)
+* ``MilvusWriter(client, spec, cfg).write(table) / .flush()`` (:mod:`.writer`); its upsert requests are
+  built column-wise (:mod:`.columns`), byte for byte what pymilvus builds from rows
 * ``from cluster.milvus.search import search``: ``search(client, collection, dense=..., sparse=..., mode=...)``;
   ``rrf_fuse`` (:mod:`.search`)
 * ``ImportFiles`` (:mod:`.importfiles`): parquet import files; ``ImportClient`` (:mod:`.imports`): the import REST API

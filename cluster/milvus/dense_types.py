@@ -81,10 +81,18 @@ def encode_rows(matrix: np.ndarray, dense_type: str, scale: float | None = None)
     return list(qz.stored(matrix, dense_type, scale))
 
 
+def encode_bytes(matrix: np.ndarray, dense_type: str, scale: float | None = None) -> bytes:
+    """All rows' stored values as one little-endian buffer, row after row: the bytes an upsert request
+    carries for the field (float32 values, float16 / bfloat16 / int8 values, or packed sign bits)."""
+    if dense_type == "float32":
+        return np.ascontiguousarray(matrix, dtype="<f4").tobytes()
+    return np.ascontiguousarray(qz.stored(matrix, dense_type, scale)).tobytes()
+
+
 def encode_query(vector: np.ndarray, dense_type: str, scale: float | None = None) -> Any:
     """A query vector as the search of a ``dense_type`` field takes it."""
     return encode_rows(np.asarray(vector, np.float32)[None, :], dense_type, scale)[0]
 
 
-__all__ = ["FIELD_TYPE", "MIN_SERVER", "metric", "index_params", "check_supported", "encode_rows", "encode_query",
-           "server_version"]
+__all__ = ["FIELD_TYPE", "MIN_SERVER", "metric", "index_params", "check_supported", "encode_rows", "encode_bytes",
+           "encode_query", "server_version"]

@@ -1,17 +1,19 @@
-"""Arrow batches (the columns of :mod:`cluster.contract`) to the values pymilvus takes.
+"""Arrow batches (the columns of :mod:`cluster.contract`) to the values Milvus takes.
 
-Vectors are converted column-wise with numpy (no Python loop per element here). pymilvus'
-MilvusClient only takes rows (one dict per row) and packs each sparse row itself, in Python;
-of the sparse inputs it accepts, a one-row ``scipy.sparse.csr_matrix`` per row is the fastest,
-so that is what :func:`sparse_rows` builds. Measured on 2 shared cores, rows of dense dim 1024 +
-~190 sparse weights + 1.5 kB text: ~160-175 us per row in all (40-47 here, 120-130 in pymilvus)
-with CSR rows, vs ~225-240 us with ``{index: weight}`` dicts.
+Vectors are converted column-wise with numpy (no Python loop per element here).
+:func:`field_values` gives every field's values for a batch, one column at a time; the writers'
+upsert requests are built from them column by column (:mod:`cluster.milvus.columns`).
+:func:`to_rows` turns the same values into one dict per row, what pymilvus' ``MilvusClient.upsert``
+and its bulk writer take: the reference the column-wise requests are checked against byte for
+byte. pymilvus packs such rows in Python, ~125 us of CPU per BGE-M3-size row with ~65 us more
+here to make the rows, against ~8 us for the column-wise request (``benchmarks/writers.py``).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -53,9 +55,11 @@ def needed_columns(spec: CollectionSpec) -> tuple[str, ...]:
 
 
 def column(table: pa.Table, name: str) -> pa.Array:
-    """One column as a single contiguous array."""
+    """One column as a single contiguous array (its only chunk as it is: combining copies)."""
     col = table.column(name)
-    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if isinstance(col, pa.ChunkedArray):
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    return col
 
 
 def dense_matrix(table: pa.Table, dim: int) -> np.ndarray:
@@ -187,14 +191,19 @@ def fingerprints(table: pa.Table) -> pa.Array:
     return pc.fill_null(column(table, C.EMBED_FP).cast(pa.string()), "")
 
 
-def to_rows(table: pa.Table, spec: CollectionSpec, *, sparse_as: str = "csr") -> list[dict[str, object]]:
-    """Row dicts: dense as lists of floats, sparse as 1-row CSR matrices (``MilvusClient.upsert``)
-    or, with ``sparse_as="lists"``, as ``{"indices", "values"}`` dicts (pymilvus' bulk writer).
+def field_values(table: pa.Table, spec: CollectionSpec) -> dict[str, Any]:
+    """The value of every field of ``spec`` for the rows of ``table``, one column at a time.
 
-    ``table`` holds only rows to write (no ``error``); extra columns are ignored.
+    Scalar fields: lists of Python values (strings cut to their field's bytes, a missing text or
+    fingerprint as ""); ``dense``: the (n, dim) float32 matrix; ``sparse``: a :class:`SparseColumn`
+    whose empty rows have the placeholder weight. Both :func:`to_rows` and the column-wise upsert
+    request (:mod:`cluster.milvus.columns`) are made from these, so they hold the same values.
+
+    Raises:
+        ValueError: A null or too long pk / doc_id, or a dense vector of another dimension.
     """
     check_keys(table)
-    cols: dict[str, list[object]] = {
+    cols: dict[str, Any] = {
         C.PK: column(table, C.PK).cast(pa.string()).to_pylist(),
         C.DOC_ID: column(table, C.DOC_ID).cast(pa.string()).to_pylist(),
         C.CHUNK_INDEX: column(table, C.CHUNK_INDEX).cast(pa.int64()).to_pylist(),
@@ -203,15 +212,30 @@ def to_rows(table: pa.Table, spec: CollectionSpec, *, sparse_as: str = "csr") ->
         cols[C.EMBED_FP] = fingerprints(table).to_pylist()
     if spec.store_text:
         cols[C.TEXT] = [t or "" for t in strings(table, C.TEXT, spec.text_max_length)]
-    # nested lists: pymilvus extends its protobuf from a list faster than from ndarray rows (measured)
-    cols[C.DENSE] = encode_rows(dense_matrix(table, spec.dense_dim), spec.dense_type, spec.int8_scale)
+    cols[C.DENSE] = dense_matrix(table, spec.dense_dim)
     if spec.has_sparse:
-        sparse = sparse_column(table)
-        cols["sparse"] = sparse_rows(sparse) if sparse_as == "csr" else sparse_lists(sparse)
+        cols[C.SPARSE_FIELD] = with_empty_placeholder(sparse_column(table))
     for name, dtype in spec.metadata_types.items():
         if dtype.name == "VARCHAR":
             cols[name] = strings(table, name, METADATA_VARCHAR_MAX_LENGTH)
         else:
             cols[name] = column(table, name).to_pylist()
+    return cols
+
+
+def to_rows(table: pa.Table, spec: CollectionSpec, *, sparse_as: str = "csr") -> list[dict[str, object]]:
+    """Row dicts: dense as lists of floats, sparse as 1-row CSR matrices (``MilvusClient.upsert``)
+    or, with ``sparse_as="lists"``, as ``{"indices", "values"}`` dicts (pymilvus' bulk writer).
+
+    The job's writers send column-wise requests instead (:mod:`cluster.milvus.columns`); rows remain
+    for pymilvus' own row path (the reference those requests are checked against, test doubles) and
+    for pymilvus' bulk writer. ``table`` holds only rows to write (no ``error``); extra columns are ignored.
+    """
+    cols = field_values(table, spec)
+    # nested lists: pymilvus extends its protobuf from a list faster than from ndarray rows (measured)
+    cols[C.DENSE] = encode_rows(cols[C.DENSE], spec.dense_type, spec.int8_scale)
+    if spec.has_sparse:
+        sparse = cols[C.SPARSE_FIELD]
+        cols[C.SPARSE_FIELD] = sparse_rows(sparse) if sparse_as == "csr" else sparse_lists(sparse)
     names = list(cols)
     return [dict(zip(names, values)) for values in zip(*cols.values())]

@@ -4,7 +4,8 @@ milvus-lite accepts requests that a Milvus 2.6 server refuses (see
 ``shared/notes/milvus-server-vs-lite.md``): an upsert that repeats a primary key is refused by
 the server with code 1100 ("duplicate primary keys are not allowed in the same batch"), and the
 error is not transient, so every re-run would fail the same way. :class:`CheckedClient` wraps the
-job's ``MilvusClient`` and refuses such a request itself, whatever the target, with the same code:
+job's ``MilvusClient`` and refuses such a request itself (row dicts through ``upsert`` / ``insert``,
+a pyarrow batch through ``upsert_table``), whatever the target, with the same code:
 a run against milvus-lite fails where a run against a server would, and the tests see it.
 
 With ``milvus.write_journal`` set, every upsert and delete request is also appended to a JSON-lines
@@ -54,6 +55,16 @@ class CheckedClient:
         self._log("insert", collection_name, [row[C.PK] for row in data])
         return out
 
+    def upsert_table(self, spec: Any, table: Any, *, timeout: float | None = None) -> Any:
+        """Upsert the rows of a pyarrow ``table`` (:func:`cluster.milvus.columns.upsert_table`), checked alike."""
+        from cluster.milvus.columns import keys, upsert_table
+
+        pks = keys(table)
+        self._check_keys(pks)
+        out = upsert_table(self._client, spec, table, timeout=timeout)
+        self._log("upsert", spec.name, pks)
+        return out
+
     def delete(self, collection_name: str, ids: Any = None, **kwargs: Any) -> Any:
         out = self._client.delete(collection_name, ids=ids, **kwargs)
         if ids is not None:
@@ -68,9 +79,12 @@ class CheckedClient:
                 self._journal.close()
                 self._journal = None
 
+    @classmethod
+    def _check(cls, data: Any) -> None:
+        cls._check_keys([row.get(C.PK) for row in data])
+
     @staticmethod
-    def _check(data: Any) -> None:
-        keys = [row.get(C.PK) for row in data]
+    def _check_keys(keys: list[Any]) -> None:
         if len(set(keys)) != len(keys):
             seen: set[Any] = set()
             repeated = next(k for k in keys if k in seen or seen.add(k))  # type: ignore[func-returns-value]

@@ -1,7 +1,8 @@
 """Upsert embedded chunks into Milvus, in bounded requests, retrying transient failures.
 
 Primary keys are deterministic (``doc_id#chunk_index``), so writes are upserts and a re-run
-(or a retried request) never duplicates a chunk.
+(or a retried request) never duplicates a chunk. Each request is built column-wise from the batch
+(:mod:`cluster.milvus.columns`): the bytes pymilvus would build from row dicts, for a fraction of the CPU.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pymilvus import MilvusClient, MilvusException, MilvusUnavailableException
 
 from cluster import contract as C
 from cluster.milvus import payload as R
+from cluster.milvus.columns import upsert_table
 from cluster.milvus.connect import token_of
 from cluster.milvus.errors import MilvusWriteError, redact, secrets_of
 from cluster.milvus.schema import CollectionSpec
@@ -138,12 +140,13 @@ class MilvusWriter:
         table = last_per_key(table)
         R.dense_matrix(table, self.spec.dense_dim)  # refuse bad vectors before writing any request
         sizes = R.row_bytes(table, self.spec, R.sparse_column(table) if self.spec.has_sparse else None)
+        pks = table.column(C.PK)
         for start, end in split_requests(sizes, self.cfg.write_batch_rows, self.cfg.max_request_bytes):
-            batch = R.to_rows(table.slice(start, end - start), self.spec)  # one request's rows at a time
-            what = f"upsert of {len(batch)} rows ({batch[0][C.PK]!r} .. {batch[-1][C.PK]!r})"
-            self._call(what, lambda b=batch: self.client.upsert(self.spec.name, b, timeout=self.request_timeout))
+            part = table.slice(start, end - start)  # one request's rows, packed column-wise (columns.py)
+            what = f"upsert of {part.num_rows} rows ({pks[start].as_py()!r} .. {pks[end - 1].as_py()!r})"
+            self._call(what, lambda p=part: upsert_table(self.client, self.spec, p, timeout=self.request_timeout))
             self.requests += 1
-            self.rows_written += len(batch)
+            self.rows_written += part.num_rows
         return table.num_rows
 
     def delete_keys(self, pks: list[str]) -> None:
