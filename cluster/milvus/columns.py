@@ -194,7 +194,7 @@ def upsert_table(client: Any, spec: CollectionSpec, table: pa.Table, *, timeout:
     """
     own = getattr(client, "upsert_table", None)
     if callable(own):
-        return own(spec, table, timeout=timeout)
+        return own(spec, table, timeout=timeout, send=upsert_table)
     if isinstance(client, MilvusClient):
         return send(client, spec, table, timeout=timeout)
     return client.upsert(spec.name, R.to_rows(table, spec), timeout=timeout)

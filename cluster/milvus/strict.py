@@ -55,13 +55,12 @@ class CheckedClient:
         self._log("insert", collection_name, [row[C.PK] for row in data])
         return out
 
-    def upsert_table(self, spec: Any, table: Any, *, timeout: float | None = None) -> Any:
-        """Upsert the rows of a pyarrow ``table`` (:func:`cluster.milvus.columns.upsert_table`), checked alike."""
-        from cluster.milvus.columns import keys, upsert_table
-
-        pks = keys(table)
+    def upsert_table(self, spec: Any, table: Any, *, send: Any, timeout: float | None = None) -> Any:
+        """Upsert the rows of a pyarrow ``table``, checked alike: ``send(client, spec, table, timeout=...)`` sends
+        them through the wrapped client (:func:`cluster.milvus.columns.upsert_table`, passed in by it)."""
+        pks = table.column(C.PK).cast("string").to_pylist()
         self._check_keys(pks)
-        out = upsert_table(self._client, spec, table, timeout=timeout)
+        out = send(self._client, spec, table, timeout=timeout)
         self._log("upsert", spec.name, pks)
         return out
 

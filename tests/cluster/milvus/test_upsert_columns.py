@@ -216,7 +216,8 @@ class TableRecorder:
     def __init__(self) -> None:
         self.sent: list[list[str]] = []
 
-    def upsert_table(self, spec: CollectionSpec, table: pa.Table, *, timeout: float | None = None) -> None:
+    def upsert_table(self, spec: CollectionSpec, table: pa.Table, *, timeout: float | None = None,
+                     send: Any = None) -> None:
         self.sent.append(columns.keys(table))
 
     def close(self) -> None:
@@ -230,9 +231,9 @@ def test_the_strict_client_refuses_a_batch_repeating_a_key(tmp_path: Path, make_
     table = batch(make_batch, 3)
     twice = pa.concat_tables([table, table.slice(1, 1)])
     with pytest.raises(MilvusException) as info:
-        client.upsert_table(spec, twice)
+        columns.upsert_table(client, spec, twice)
     assert info.value.code == DUPLICATE_PK_CODE and "'d1#1'" in str(info.value) and not inner.sent
-    client.upsert_table(spec, table)
+    columns.upsert_table(client, spec, table)
     client.close()
     assert inner.sent == [["d0#0", "d1#1", "d2#2"]]
     assert journal_counts(str(tmp_path / "journal")) == {"d0#0": 1, "d1#1": 1, "d2#2": 1}
