@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 # wheel); on GPU nodes install the CUDA build you need before `pip install .`.
 TORCH_SPEC ?= torch==2.13.0
 MODEL_DIR := .cache/models/multilingual-e5-small
+# pytest-xdist workers of `make test` (each has its own local Ray and servers); 1 runs in one process.
+TEST_WORKERS ?= 2
 SAMPLE_DIR := .cache/sample/corpus
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -42,7 +44,7 @@ demo: model sample
 
 test: install
 	$(PY) -m ruff check .
-	$(PY) -m pytest --durations=20
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 lint: install
 	$(PY) -m ruff check .

