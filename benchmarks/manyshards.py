@@ -16,9 +16,15 @@ from each layout. Peak memory of the process.
 Part ``s3``: ``--s3-shards`` (default 10,000) records on the moto S3 server: loading them as one
 index against one object per shard.
 
+Part ``job``: two whole jobs (``jobs.embed``, vectors precomputed as in ``benchmarks/sink.py``'s
+part 4) on ``--job-shards`` tiny parquet shards (default 250 and 1,000, 3 documents each): the
+driver's marginal CPU per shard from the summaries' ``driver_cpu_s``, and the manifest objects
+the run wrote (segments, compacted at its end).
+
 The id pass's time per id with 1, 2 and 4 parallel tasks is measured by ``benchmarks/idpass.py``.
 
-Usage: python benchmarks/manyshards.py [--shards 100000] [--s3-shards 10000] [--parts record,plan,s3]
+Usage: python benchmarks/manyshards.py [--shards 100000] [--s3-shards 10000] [--job-shards 250,1000]
+       [--parts record,plan,s3,job]
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -273,13 +280,59 @@ def part_s3(n: int) -> dict[str, object]:
     return out
 
 
+def part_job(sizes: tuple[int, int]) -> dict[str, object]:
+    """Whole jobs (vectors precomputed, as sink.py's part 4) on a small and a 4x larger number of tiny
+    shards: the driver's marginal CPU per shard, and the manifest segments the run wrote."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from benchmarks.sink import PRECOMPUTED_JOB
+    from tests.tiny_model import build_tiny_m3
+
+    work = Path(tempfile.mkdtemp(prefix="manyshards-job-"))
+    model = build_tiny_m3(work / "tiny-m3")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    runs = {}
+    for n in sizes:
+        src = work / f"src-{n}"
+        src.mkdir()
+        for k in range(n):
+            ids = [f"s{k}-d{i}" for i in range(3)]
+            pq.write_table(pa.table({"id": ids, "text": [f"Document {d} about routers." for d in ids]}),
+                           src / f"part-{k:07d}.parquet")
+        cfg = {"source": {"uri": str(src)}, "model": {"name": str(model), "precision": "fp32"},
+               "cluster": {"rows_per_task": 4096, "writers": 1},
+               "milvus": {"uri": str(work / f"m-{n}.db"), "collection": "docs"},
+               "checkpoint": {"uri": str(work / f"state-{n}"), "record_every_s": 5}, "errors": {"uri": None},
+               "log_every_s": 30}
+        (work / f"job-{n}.json").write_text(json.dumps(cfg))
+        log = work / f"log-{n}.txt"
+        with open(log, "wb") as out:
+            subprocess.run([sys.executable, "-c", PRECOMPUTED_JOB, str(ROOT), "--config", str(work / f"job-{n}.json"),
+                            "--summary", str(work / f"summary-{n}.json")], cwd=ROOT, env=env, check=True,
+                           stdout=out, stderr=subprocess.STDOUT)
+        summary = json.loads((work / f"summary-{n}.json").read_text())
+        text = log.read_text(errors="replace")
+        removed = [int(m.group(1)) for m in re.finditer(r"compacted into \S+ \((\d+) object", text)]
+        runs[n] = {"shards_done": summary["shards_done"], "driver_cpu_s": summary["driver_cpu_s"],
+                   "driver_peak_rss_mb": summary.get("driver_peak_rss_mb"), "elapsed_s": summary["elapsed_s"],
+                   "segments_and_files_compacted": sum(removed)}
+        print(json.dumps({"job": {n: runs[n]}}), flush=True)
+    a, b = (runs[n] for n in sizes)
+    out = {"runs": runs, "driver_marginal_cpu_ms_per_shard": round(
+        1e3 * (b["driver_cpu_s"] - a["driver_cpu_s"]) / (b["shards_done"] - a["shards_done"]), 2)}
+    print(json.dumps({"job": out}), flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shards", type=int, default=100_000)
     ap.add_argument("--s3-shards", type=int, default=10_000)
     ap.add_argument("--latency-ms", type=float, default=25.0)
     ap.add_argument("--baseline", type=int, default=400, help="shards recorded the previous way (slow: 2 calls each)")
-    ap.add_argument("--parts", default="record,plan,s3")
+    ap.add_argument("--job-shards", default="250,1000", help="tiny shards of the two whole jobs (part job)")
+    ap.add_argument("--parts", default="record,plan,s3,job")
     args = ap.parse_args()
     print(json.dumps({"cpu": cpu_name()}), flush=True)
     parts = args.parts.split(",")
@@ -290,6 +343,8 @@ def main() -> None:
         result["plan"] = part_plan(args.shards)
     if "s3" in parts:
         result["s3"] = part_s3(args.s3_shards)
+    if "job" in parts:
+        result["job"] = part_job(tuple(int(n) for n in args.job_shards.split(",")))  # type: ignore[arg-type]
     result["peak_rss_mb"] = peak_mb()
     print(json.dumps(result, indent=1))
 
