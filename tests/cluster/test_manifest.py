@@ -14,15 +14,6 @@ from cluster.manifest import Lease, LeaseHeld, ManifestCorrupt, Store
 from cluster.manifest.ids import distinct_count, locate, present, read_table, shard_ids, write_table
 
 
-@pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if request.param == "local":
-        return Store(str(tmp_path / "state"))
-    s3_server = request.getfixturevalue("s3_server")
-    bucket = request.getfixturevalue("s3_bucket")
-    return Store(f"s3://{bucket}/state", dict(s3_server))
-
-
 def test_writes_are_whole_and_conditional(store: Store) -> None:
     store.put_json("a/x.json", {"n": 1})
     store.put_json("a/x.json", {"n": 2})

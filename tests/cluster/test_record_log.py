@@ -16,15 +16,6 @@ def rec(path: str, ids: str | None = None, **extra: object) -> dict[str, object]
     return {"path": path, "size": 1, "version": "v", "generation": 1, "ids": ids, **extra}
 
 
-@pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if request.param == "local":
-        return Store(str(tmp_path / "m"))
-    s3_server = request.getfixturevalue("s3_server")
-    bucket = request.getfixturevalue("s3_bucket")
-    return Store(f"s3://{bucket}/m-{tmp_path.name}", dict(s3_server))
-
-
 def objects(store: Store) -> list[str]:
     return store.list("records")
 
