@@ -45,7 +45,8 @@ def build_dataset(cfg: JobConfig, items: list[dict[str, object]], ids: IdsSink |
     ds = ds.map_batches(
         EmbedStage,
         fn_constructor_kwargs={"model": cfg.model, "batch": cfg.batch, "chunking": cfg.chunking,
-                               "inject_exit": cfg.cluster.inject_actor_exit},
+                               "inject_exit": cfg.cluster.inject_actor_exit,
+                               "inject_delay_s": cfg.cluster.inject_batch_delay_s},
         **EmbedStage.placement(cfg.cluster),
         batch_size=cfg.cluster.rows_per_task,
         batch_format="pyarrow",

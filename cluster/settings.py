@@ -69,6 +69,8 @@ class ClusterConfig:
                                         "naming what it asked for.", 300.0)
     inject_actor_exit: str | None = doc("Fault injection for tests: a marker file path; the first embed actor to "
                                         "find it missing creates it and exits in the middle of its second batch.")
+    inject_batch_delay_s: float = doc("Fault injection for tests: seconds each embed actor waits (sleeping, no CPU) "
+                                      "before each batch, a slow model that leaves the CPU to others.", 0.0)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -76,6 +78,8 @@ class ClusterConfig:
         if self.gpus_per_worker < 0 or self.cpus_per_worker < 0 or self.cpus_per_writer < 0:
             raise ValueError("cluster.gpus_per_worker, cluster.cpus_per_worker and cluster.cpus_per_writer must be "
                              ">= 0")
+        if self.inject_batch_delay_s < 0:
+            raise ValueError("cluster.inject_batch_delay_s must be >= 0")
         if self.writers is not None and self.writers < 1:
             raise ValueError("cluster.writers must be >= 1 (or empty: one per worker)")
         if self.read_task_mb < 1:

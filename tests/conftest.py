@@ -91,6 +91,15 @@ def tiny_m3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_m3(tmp_path_factory.mktemp("models") / "tiny-m3")
 
 
+@pytest.fixture(scope="session")
+def tiny_m3_long_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with 1,024 positions: every document of ``small_corpus`` but the handbook is one
+    chunk (as with multilingual-e5-small), at a fraction of its CPU."""
+    from tests.tiny_model import build_tiny_m3
+
+    return build_tiny_m3(tmp_path_factory.mktemp("models") / "tiny-m3-long", max_seq_length=1024)
+
+
 TOPICS = ["router-reset", "coffee-descaling", "bicycle-chain", "sourdough-bread", "burn-first-aid", "tyre-pressure"]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ class EmbedStage:
     """
 
     def __init__(self, model: ModelConfig, batch: BatchConfig, chunking: ChunkingConfig,
-                 inject_exit: str | None = None) -> None:
+                 inject_exit: str | None = None, inject_delay_s: float = 0.0) -> None:
         # heavy: torch + transformers, only inside the actor
         from embedder.encoder import Encoder
         from embedder.precision import resolve_device
@@ -39,6 +40,7 @@ class EmbedStage:
         self.encoder = Encoder(model, batch, chunking)
         self.calls = 0
         self.inject_exit = inject_exit
+        self.inject_delay_s = inject_delay_s
 
     @staticmethod
     def placement(cluster: ClusterConfig) -> dict[str, Any]:
@@ -62,6 +64,8 @@ class EmbedStage:
             open(self.inject_exit, "w").close()
             log.error("fault injection: embed actor exits in the middle of a batch")
             os._exit(1)
+        if self.inject_delay_s:
+            time.sleep(self.inject_delay_s)  # fault injection: a slow model (tests)
         payload = np.flatnonzero(is_payload(table))
         col = table.column(c.INPUT_IDS).combine_chunks()
         # values/offsets as stored (zero copy); offsets index values even for slices and null rows

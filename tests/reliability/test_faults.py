@@ -32,11 +32,14 @@ def corpus(small_corpus: list[dict[str, str]], copies: int) -> list[dict[str, st
 
 
 def test_driver_sigkill_then_rerun_resumes_without_loss_or_duplicates(
-        tmp_path: Path, small_corpus: list[dict[str, str]], e5_model_dir: Path, ray_local: None) -> None:
+        tmp_path: Path, small_corpus: list[dict[str, str]], tiny_m3_long_dir: Path, ray_local: None) -> None:
     rows = corpus(small_corpus, 2)  # 126 one-chunk documents
     src = write_parquet_shards(tmp_path / "docs", rows, 12)
     journal = tmp_path / "journal"  # every upsert request's keys, from every writer of both runs
-    cfg = config_file(tmp_path, base_config(tmp_path, str(src), e5_model_dir, milvus={"write_journal": str(journal)}))
+    # A slow model that leaves the CPU to the rest of the suite: the tiny model, each batch 1 s late.
+    cfg = config_file(tmp_path, base_config(tmp_path, str(src), tiny_m3_long_dir,
+                                            milvus={"write_journal": str(journal)},
+                                            cluster={"inject_batch_delay_s": 1.0}, checkpoint={"record_every_s": 1}))
     shards_dir = tmp_path / "state" / "checkpoints"
 
     proc = start_job(cfg, tmp_path / "summary-killed.json", tmp_path / "log-killed.txt")

@@ -1,9 +1,9 @@
 """SIGTERM and SIGINT end a run through its failure path; a second run on the same target is refused;
 progress lines come from a timer, also before the first block is written.
 
-One scenario, to keep the suite short: run 1 (a slow real model) logs progress before any chunk is
-embedded, refuses a concurrent run 2 by its lease, and is stopped by SIGTERM; run 3 is stopped by
-SIGINT; run 4 finishes what is left. No Ray or milvus-lite process outlives a run.
+One scenario, to keep the suite short: run 1 (a slow model: the tiny one, each batch 1 s late) logs
+progress before any chunk is embedded, refuses a concurrent run 2 by its lease, and is stopped by
+SIGTERM; run 3 is stopped by SIGINT; run 4 finishes what is left. No Ray or milvus-lite process outlives a run.
 """
 
 from __future__ import annotations
@@ -91,12 +91,12 @@ def stop_with(proc, sig: int, summary: Path, log: Path) -> dict:  # noqa: ANN001
 
 
 def test_signals_lease_and_timer_progress(tmp_path: Path, small_corpus: list[dict[str, str]],
-                                          e5_model_dir: Path, ray_local: None) -> None:
+                                          tiny_m3_long_dir: Path, ray_local: None) -> None:
     rows = [{**r, "id": f"{r['id']}~{k}"} for k in range(2) for r in small_corpus if r["kind"] != "handbook"]
     src = write_parquet_shards(tmp_path / "docs", rows, 12)
     journal = tmp_path / "journal"  # the keys of every upsert request of every run
-    sections = base_config(tmp_path, str(src), e5_model_dir, checkpoint={"record_every_s": 1},
-                           milvus={"write_journal": str(journal)})
+    sections = base_config(tmp_path, str(src), tiny_m3_long_dir, checkpoint={"record_every_s": 1},
+                           milvus={"write_journal": str(journal)}, cluster={"inject_batch_delay_s": 1.0})
     cfg = config_file(tmp_path, sections)
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = job_env(RAY_TMPDIR=ray_tmp)
