@@ -58,15 +58,20 @@ def count(server: LiteServer) -> int:
 
 @pytest.fixture()
 def setup(tmp_path: Path, small_corpus: list[dict[str, str]],
-          e5_model_dir: Path, ray_local: None) -> Iterator[tuple[list[dict[str, str]], LiteServer, Path]]:
-    """12 shards of one-chunk documents, a running milvus-lite server, and a job config writing to it."""
+          tiny_m3_long_dir: Path, ray_local: None) -> Iterator[tuple[list[dict[str, str]], LiteServer, Path]]:
+    """12 shards of one-chunk documents, a running milvus-lite server, and a job config writing to it.
+
+    The model is slow without using the CPU (the tiny one, each batch of 4 chunks 1 s late), so that
+    the outage comes while most shards are still to be written."""
     rows = corpus(small_corpus, 1)
     src = write_parquet_shards(tmp_path / "docs", rows, 12)
     server = LiteServer(tmp_path / "server-data")
     server.start()
     try:
-        yield rows, server, config_file(tmp_path, base_config(tmp_path, str(src), e5_model_dir,
-                                                              milvus={"uri": server.uri}))
+        sections = base_config(tmp_path, str(src), tiny_m3_long_dir, milvus={"uri": server.uri},
+                               cluster={"inject_batch_delay_s": 1.0, "rows_per_task": 4},
+                               checkpoint={"record_every_s": 1})
+        yield rows, server, config_file(tmp_path, sections)
     finally:
         server.stop()
 
