@@ -1,8 +1,8 @@
 """The driver's side of the write stage: a pool of :class:`~cluster.stages.write.BlockWriter` actors.
 
-The driver hands each embedded block's object reference to the least busy writer (at most
-``in_flight`` calls per writer, so back-pressure reaches the pipeline) and gets back small
-records. A record counts only once its writer confirmed it with a :meth:`WriterPool.checkpoint`
+The driver hands each embedded block's object reference to the least busy writer (in turn among
+equally busy ones; at most ``in_flight`` calls per writer, so back-pressure reaches the pipeline)
+and gets back small records. A record counts only once its writer confirmed it with a :meth:`WriterPool.checkpoint`
 (the writer's dead letters are then written): records of an actor that died and was restarted
 before confirming are reported as lost, so that their shards are not recorded as done.
 """
@@ -63,6 +63,7 @@ class WriterPool:
         remote = ray.remote(BlockWriter).options(**options)
         self.slots = [_Slot(remote.remote(settings, i)) for i in range(n)]
         self.in_flight = in_flight
+        self._last = -1  # the slot of the last submit
         self.on_confirmed, self.on_lost = on_confirmed, on_lost
         self.unconfirmed_rows = 0  # rows written whose records wait for a checkpoint (progress only)
         # Awaited at the first call, so that the writers start while the pipeline does.
@@ -95,7 +96,11 @@ class WriterPool:
             self.collect(timeout=wait_s)
             if tick is not None:
                 tick()
-        slot = min(self.slots, key=lambda s: len(s.calls))
+        # Least busy first; among equals, the one after the last chosen (an idle pool still spreads the blocks).
+        n = len(self.slots)
+        order = [self.slots[(self._last + 1 + k) % n] for k in range(n)]
+        slot = min(order, key=lambda s: len(s.calls))
+        self._last = self.slots.index(slot)
         slot.calls[slot.actor.write.remote(block_ref)] = "write"
 
     def collect(self, timeout: float = 0.0) -> int:

@@ -1,12 +1,12 @@
-"""Servers the tests start themselves: a ``milvus-lite server`` subprocess on loopback."""
+"""Servers the tests start themselves: a milvus-lite server subprocess on loopback."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
+
+from cluster.milvus.lite import spawn
 
 
 def free_port() -> int:
@@ -16,32 +16,27 @@ def free_port() -> int:
 
 
 class LiteServer:
-    """A ``milvus-lite server`` subprocess on a loopback port (can be stopped and started again)."""
+    """A milvus-lite server subprocess on loopback that can be stopped and started again on the same port.
+
+    The first start lets the kernel choose the port; a restart binds the same one without
+    ``SO_REUSEPORT`` (:mod:`cluster.milvus.lite_serve`), so it fails rather than share it with
+    another server that took it meanwhile. The server outlives the thread that started it (an
+    outage test restarts it from one) and is killed by :meth:`stop`.
+    """
 
     def __init__(self, data_dir: Path) -> None:
-        self.data_dir, self.port = data_dir, free_port()
+        self.data_dir, self.port = data_dir, 0
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def uri(self) -> str:
+        assert self.port, "start the server first"
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> None:
-        exe = Path(sys.executable).with_name("milvus-lite")
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "milvus_lite"]
-        self.proc = subprocess.Popen([*cmd, "server", "--data-dir", str(self.data_dir), "--host", "127.0.0.1",
-                                      "--port", str(self.port), "--max-workers", "4"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"milvus-lite server exited with {self.proc.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"milvus-lite server did not listen on {self.port} within {timeout} s")
+        self.log = self.data_dir.with_name(self.data_dir.name + ".log")  # the server's output, every start
+        self.proc, self.port = spawn(self.data_dir, self.log, port=self.port, timeout_s=timeout, max_workers=4,
+                                     die_with_parent=False)  # restarted from a test's thread
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

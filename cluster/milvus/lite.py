@@ -2,9 +2,10 @@
 
 milvus-lite lets one process own a data folder. So that the writers (Ray actors) and the driver
 share one code path with a Milvus server, a run whose ``milvus.uri`` is a local ``.db`` path
-starts ``milvus-lite server --data-dir <that path>`` on a free loopback port, everyone connects
-to ``http://127.0.0.1:<port>``, and the server stops when the run ends. The writers are pinned to
-the driver's node (loopback). The folder stays readable by embedded milvus-lite afterwards
+starts a milvus-lite server (:mod:`cluster.milvus.lite_serve`) on a loopback port the kernel
+chooses (bound without ``SO_REUSEPORT``: no other server can share it), everyone connects to
+``http://127.0.0.1:<port>``, and the server stops when the run ends. The writers are pinned to the
+driver's node (loopback). The folder stays readable by embedded milvus-lite afterwards
 (``jobs.search``).
 
 A process that already runs an embedded milvus-lite on that folder (a notebook, a test that
@@ -19,11 +20,11 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import logging
-import shutil
+import os
 import signal
-import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from cluster.milvus.errors import MilvusConnectError
 from cluster.settings import MilvusConfig
 
 log = logging.getLogger(__name__)
+_REPO = Path(__file__).resolve().parents[2]  # so that `python -m cluster...` finds this package
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -41,10 +43,41 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def spawn(data_dir: Path, log_file: Path | None = None, *, port: int = 0, timeout_s: float = 60.0,
+          max_workers: int = 10, die_with_parent: bool = True) -> tuple[subprocess.Popen[bytes], int]:
+    """Start :mod:`cluster.milvus.lite_serve` on ``data_dir``; returns the process and the port it bound.
+
+    ``port`` 0 lets the kernel choose (never a port another server holds); the server binds without
+    ``SO_REUSEPORT``, so a given port that is taken fails instead of being shared. With
+    ``die_with_parent`` the server gets SIGTERM when the *thread* that called this ends (that is
+    how Linux' parent-death signal works): call it from the main thread, or pass False.
+    """
+    with tempfile.TemporaryDirectory(prefix="lite-port-") as tmp:
+        port_file = Path(tmp) / "port"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))}
+        out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "cluster.milvus.lite_serve", "--data-dir", str(data_dir),
+                                     "--port-file", str(port_file), "--port", str(port),
+                                     "--max-workers", str(max_workers)],
+                                    stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    preexec_fn=_die_with_parent if die_with_parent else None)
+        finally:
+            if log_file:
+                out.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if port_file.exists():
+                return proc, int(port_file.read_text())
+            if proc.poll() is not None:
+                where = f" (its output: {log_file})" if log_file else ""
+                raise MilvusConnectError(f"milvus-lite server for {data_dir} exited with {proc.returncode}{where}: "
+                                         "another process may hold this folder (only one may open a milvus-lite "
+                                         "folder); stop it, or point milvus.uri at a Milvus server")
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait(10)
+    raise MilvusConnectError(f"milvus-lite server for {data_dir} did not listen within {timeout_s:.0f} s")
 
 
 def _embedded_uri(path: Path) -> str | None:
@@ -71,7 +104,7 @@ class LiteServer:
     def __init__(self, cfg: MilvusConfig, log_file: Path | None = None) -> None:
         self.data_dir = lite_path(cfg.uri).resolve()
         self.cfg = cfg
-        self.port = _free_port()
+        self.port = 0  # chosen by the server when it starts
         self.log_file = log_file
         self.proc: subprocess.Popen[bytes] | None = None
         self.borrowed = False
@@ -91,27 +124,9 @@ class LiteServer:
             self.borrowed = True
             log.info("milvus-lite for %s: sharing this process' embedded server at %s", self.data_dir, shared)
             return self
-        exe = Path(sys.executable).with_name("milvus-lite")
-        cmd = [str(exe)] if exe.exists() else ([shutil.which("milvus-lite")] if shutil.which("milvus-lite")
-                                               else [sys.executable, "-m", "milvus_lite"])
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen([*cmd, "server", "--data-dir", str(self.data_dir), "--host", "127.0.0.1",
-                                      "--port", str(self.port)], stdout=out, stderr=subprocess.STDOUT,
-                                     preexec_fn=_die_with_parent)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise MilvusConnectError(f"milvus-lite server for {self.data_dir} exited with {self.proc.returncode}: "
-                                         "another process may hold this folder (only one may open a milvus-lite "
-                                         "folder); stop it, or point milvus.uri at a Milvus server")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                log.info("milvus-lite server for %s listening on %s", self.data_dir, self.uri)
-                return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise MilvusConnectError(f"milvus-lite server for {self.data_dir} did not listen within {timeout_s:.0f} s")
+        self.proc, self.port = spawn(self.data_dir, self.log_file, timeout_s=timeout_s)
+        log.info("milvus-lite server for %s listening on %s", self.data_dir, self.uri)
+        return self
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 10 s)."""
