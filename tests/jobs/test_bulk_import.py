@@ -27,7 +27,7 @@ from pymilvus import MilvusClient
 from cluster.contract import chunk_pk
 from embedder.storage import filesystem
 from tests.import_server import ImportServer
-from tests.reliability.conftest import config_file, kill_group, run_in_ray, start_job
+from tests.reliability.conftest import config_file, kill_group, run_in_ray, session_ray_env, start_job
 from tests.servers import LiteServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -77,7 +77,7 @@ def test_bulk_resume_imports_nothing_twice(
             "source": {"uri": str(src)},
             "model": {"name": str(tiny_m3_dir), "precision": "fp32"},
             "batch": {"max_tokens": 1024}, "chunking": {"overlap": 4},
-            "cluster": {"workers": 1, "writers": 2, "rows_per_task": 8},
+            "cluster": {"workers": 1, "writers": 2, "rows_per_task": 8, "ship_code": False},
             "milvus": {"uri": lite.uri, "collection": "docs", "mode": "bulk_import",
                        "bulk_uri": f"s3://{s3_bucket}/imports", "bulk_storage_options": dict(s3_server),
                        "import_uri": server.url, "import_group_shards": 2, "import_poll_s": 0.2},
@@ -87,7 +87,7 @@ def test_bulk_resume_imports_nothing_twice(
         }
         cfg = config_file(tmp_path, sections)
         log = tmp_path / "log-killed.txt"
-        proc = start_job(cfg, tmp_path / "summary-killed.json", log)
+        proc = start_job(cfg, tmp_path / "summary-killed.json", log, session_ray_env())  # joins this session's Ray
         try:
             deadline = time.monotonic() + 600  # only against a hang
             while not any(j.state == "Completed" for j in list(server.jobs.values())):
@@ -101,7 +101,7 @@ def test_bulk_resume_imports_nothing_twice(
                 assert time.monotonic() < deadline, "no second import job in time"
                 time.sleep(0.1)
         finally:
-            kill_group(proc)  # SIGKILL: the driver, its writers and its local Ray
+            kill_group(proc)  # SIGKILL: the driver (Ray ends its writers)
         server.reset()
         before = server.snapshot()
         assert sum(state == "Completed" for state, _ in before.values()) < 8, "the kill came too late"

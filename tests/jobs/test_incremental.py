@@ -48,29 +48,28 @@ def test_incremental_runs(tmp_path: Path, tiny_m3_dir: Path, ray_local: None) ->
     src.mkdir()
     shard(src, "a.parquet", ["a1", "a2", "a3"])
     shard(src, "b.parquet", ["b1", "b2"])
+    shard(src, "d.parquet", ["d1"])  # never changes
     cfg = write_config(tmp_path / "job.yaml", source={"uri": str(src)},
                        model={"name": str(tiny_m3_dir), "precision": "fp32"}, chunking={"overlap": 4},
                        batch={"max_tokens": 1024}, milvus={"uri": str(tmp_path / "m.db"), "collection": "docs"},
                        checkpoint={"uri": str(tmp_path / "state")}, errors={"uri": None},
                        mode="incremental", delete_missing=True, delete_missing_max_ratio=1.0)
     code, s = run(cfg)
-    assert code == 0 and s["shards_done"] == 2 and s["docs_read"] == 5
+    assert code == 0 and s["shards_done"] == 3 and s["docs_read"] == 6
 
     code, s = run(cfg)  # nothing changed: no work at all
-    assert code == 0 and s["shards"] == 0 and s["shards_skipped"] == 2 and s["docs_read"] == 0
+    assert code == 0 and s["shards"] == 0 and s["shards_skipped"] == 3 and s["docs_read"] == 0
 
-    shard(src, "c.parquet", ["c1"])  # a new shard
-    code, s = run(cfg)
-    assert s["shards_skipped"] == 2 and s["docs_read"] == 1 and set(doc_ids(tmp_path / "m.db")) >= {"c1"}
-
+    # In one run: a new shard, a changed one (a2 left it, a1/a3 rewritten), a vanished one, an unchanged one.
+    shard(src, "c.parquet", ["c1"])
     time.sleep(0.01)
-    shard(src, "a.parquet", ["a1", "a3"], tag="v2")  # a changed shard: a2 left it, a1/a3 rewritten
-    (src / "b.parquet").unlink()  # a vanished shard
+    shard(src, "a.parquet", ["a1", "a3"], tag="v2")
+    (src / "b.parquet").unlink()
     code, s = run(cfg)
-    assert code == 0 and s["shards_skipped"] == 1 and s["docs_read"] == 2
+    assert code == 0 and s["shards_done"] == 2 and s["shards_skipped"] == 1 and s["docs_read"] == 3
     assert s["docs_deleted"] == 3  # a2, b1, b2
     now = doc_ids(tmp_path / "m.db")
-    assert set(now) == {"a1", "a3", "c1"}
+    assert set(now) == {"a1", "a3", "c1", "d1"}
     assert "v2" in now["a1"]
 
     code, s = run(cfg)  # and again nothing to do
@@ -81,7 +80,7 @@ def test_incremental_runs(tmp_path: Path, tiny_m3_dir: Path, ray_local: None) ->
     code, s = run(cfg)
     assert code == 0 and s["docs_deleted"] == 0
     now = doc_ids(tmp_path / "m.db")
-    assert set(now) == {"a1", "a3", "c1"} and "moved" in now["a3"]
+    assert set(now) == {"a1", "a3", "c1", "d1"} and "moved" in now["a3"]
 
 
 def test_a_shorter_new_version_leaves_no_stale_chunks(tmp_path: Path, tiny_m3_dir: Path, ray_local: None) -> None:

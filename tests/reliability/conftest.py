@@ -46,13 +46,25 @@ def config_file(tmp_path: Path, sections: dict[str, Any], name: str = "job.yaml"
 
 def job_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)  # a job process starts its own Ray unless ``extra`` names one
     env.update({"PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", **extra})
-    env.pop("RAY_ADDRESS", None)
     return env
 
 
+def session_ray_env(**extra: str) -> dict[str, str]:
+    """A job process' environment that joins this test session's Ray (the ``ray_local`` fixture) as a
+    driver of its own, as a driver joins a cluster: no Ray start-up of its own (seconds quiet, up to a
+    minute on a loaded machine). For faults of the driver process that do not need its own Ray; when
+    it dies, Ray ends its job's workers and actors. Give such a job ``cluster.ship_code: false``: the
+    session's workers import this checkout already."""
+    import ray
+
+    return job_env(RAY_ADDRESS=ray.get_runtime_context().gcs_address, **extra)
+
+
 def start_job(cfg: Path, summary: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """``python -m jobs.embed`` in its own process group (it starts its own local Ray)."""
+    """``python -m jobs.embed`` in its own process group (it starts its own local Ray unless ``env`` has a
+    ``RAY_ADDRESS``: :func:`session_ray_env`)."""
     out = open(log, "wb")  # noqa: SIM115 - closed by the process' end
     return subprocess.Popen([sys.executable, "-m", "jobs.embed", "--config", str(cfg), "--summary", str(summary)],
                             cwd=REPO_ROOT, env=env or job_env(), stdout=out, stderr=subprocess.STDOUT,

@@ -18,6 +18,7 @@ from tests.reliability.conftest import (
     kill_group,
     milvus_pks,
     run_in_ray,
+    session_ray_env,
     start_job,
     write_parquet_shards,
 )
@@ -39,10 +40,13 @@ def test_driver_sigkill_then_rerun_resumes_without_loss_or_duplicates(
     # A slow model that leaves the CPU to the rest of the suite: the tiny model, each batch 1 s late.
     cfg = config_file(tmp_path, base_config(tmp_path, str(src), tiny_m3_long_dir,
                                             milvus={"write_journal": str(journal)},
-                                            cluster={"inject_batch_delay_s": 1.0}, checkpoint={"record_every_s": 1}))
+                                            cluster={"inject_batch_delay_s": 1.0, "ship_code": False},
+                                            checkpoint={"record_every_s": 1}))
     shards_dir = tmp_path / "state" / "checkpoints"
 
-    proc = start_job(cfg, tmp_path / "summary-killed.json", tmp_path / "log-killed.txt")
+    # The driver joins the session's Ray, as a driver on a cluster does: its SIGKILL is the fault, not
+    # the loss of a Ray of its own (Ray ends the dead driver's actors; a Ray start costs up to a minute here).
+    proc = start_job(cfg, tmp_path / "summary-killed.json", tmp_path / "log-killed.txt", session_ray_env())
     try:
         deadline = time.monotonic() + 600  # only against a hang
         while not recorded(shards_dir):
@@ -52,7 +56,7 @@ def test_driver_sigkill_then_rerun_resumes_without_loss_or_duplicates(
         os.kill(proc.pid, signal.SIGKILL)  # the driver only, mid-run, as a node failure would
         proc.wait(timeout=30)
     finally:
-        kill_group(proc)  # then its orphans (local Ray, milvus-lite server), as a restarted pod would be clean
+        kill_group(proc)  # then its orphans (its milvus-lite server), as a restarted pod would be clean
     recorded_before = recorded_names(shards_dir)
     done_before = len(recorded_before)
     assert 1 <= done_before < 12, "the kill came too late to test a resume"

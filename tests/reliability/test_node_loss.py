@@ -46,16 +46,19 @@ DRIVER = textwrap.dedent("""
 
 
 def test_job_finishes_when_a_worker_node_dies(tmp_path: Path, small_corpus: list[dict[str, str]],
-                                              e5_model_dir: Path) -> None:
+                                              tiny_m3_long_dir: Path) -> None:
     import json
 
     rows = corpus(small_corpus, 1)
     src = write_parquet_shards(tmp_path / "docs", rows, 12)
     # The simulated nodes share this machine's /tmp/ray: a shipped working_dir would vanish with the
     # removed node, so the workers import the checkout directly (as on a shared filesystem).
+    # A slow model that leaves the CPU to the rest of the suite: the tiny one (every document one chunk),
+    # each batch 1 s late, so that the node goes while most shards are still to be embedded.
     journal = tmp_path / "journal"  # the keys of every upsert request, from every writer wherever it ran
-    cfg = config_file(tmp_path, base_config(tmp_path, str(src), e5_model_dir, cluster={"ship_code": False},
-                                            milvus={"write_journal": str(journal)}))
+    cfg = config_file(tmp_path, base_config(tmp_path, str(src), tiny_m3_long_dir,
+                                            cluster={"ship_code": False, "inject_batch_delay_s": 1.0},
+                                            checkpoint={"record_every_s": 1}, milvus={"write_journal": str(journal)}))
     summary, log = tmp_path / "summary.json", tmp_path / "log.txt"
     proc = subprocess.run([sys.executable, "-c", DRIVER, str(cfg), str(tmp_path / "state" / "checkpoints"),
                            str(summary), str(log)], cwd=REPO_ROOT, env=job_env(), capture_output=True, text=True,

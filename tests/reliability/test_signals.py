@@ -3,7 +3,8 @@ progress lines come from a timer, also before the first block is written.
 
 One scenario, to keep the suite short: run 1 (a slow model: the tiny one, each batch 1 s late) logs
 progress before any chunk is embedded, refuses a concurrent run 2 by its lease, and is stopped by
-SIGTERM; run 3 is stopped by SIGINT; run 4 finishes what is left. No Ray or milvus-lite process outlives a run.
+SIGTERM; run 3 (joining the session's Ray, as on a cluster) is stopped by SIGINT; run 4 finishes what
+is left. No Ray or milvus-lite process outlives a run, and a stopped driver's actors end.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tests.reliability.conftest import (
     milvus_pks,
     run_in_ray,
     run_job,
+    session_ray_env,
     start_job,
     write_parquet_shards,
 )
@@ -75,6 +77,16 @@ def assert_no_survivors(*markers: str) -> None:
     assert not [s for m in markers for s in survivors(m)]
 
 
+def assert_cluster_released() -> None:
+    """The session's Ray got back every CPU a stopped driver's actors held (Ray ended them)."""
+    import ray
+
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]
+
+
 def stop_with(proc, sig: int, summary: Path, log: Path) -> dict:  # noqa: ANN001
     proc.send_signal(sig)  # to the driver only, as Kubernetes or Ctrl-C in a terminal would
     try:
@@ -98,6 +110,7 @@ def test_signals_lease_and_timer_progress(tmp_path: Path, small_corpus: list[dic
     sections = base_config(tmp_path, str(src), tiny_m3_long_dir, checkpoint={"record_every_s": 1},
                            milvus={"write_journal": str(journal)}, cluster={"inject_batch_delay_s": 1.0})
     cfg = config_file(tmp_path, sections)
+    cfg3 = config_file(tmp_path, {**sections, "cluster": {**sections["cluster"], "ship_code": False}}, "job-3.yaml")
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = job_env(RAY_TMPDIR=ray_tmp)
     state = tmp_path / "state" / "checkpoints"
@@ -133,13 +146,15 @@ def test_signals_lease_and_timer_progress(tmp_path: Path, small_corpus: list[dic
         assert not list((state / "leases").glob("*.json")), "the lease was not released"
         recorded_by_1 = recorded_names(state)
 
-        # Run 3 resumes and is stopped by SIGINT (Ctrl-C) once it recorded a shard of its own.
+        # Run 3 resumes and is stopped by SIGINT (Ctrl-C) once it recorded a shard of its own. Its driver
+        # joins the session's Ray as a driver on a cluster does (run 1 showed a Ray of its own ends).
         before = n_recorded()
         log3, summary3 = tmp_path / "log-3.txt", tmp_path / "summary-3.json"
-        proc = start_job(cfg, summary3, log3, env)
+        proc = start_job(cfg3, summary3, log3, session_ray_env())
         wait_for("another recorded shard", lambda: n_recorded() > before, proc, log3)
         stop_with(proc, signal.SIGINT, summary3, log3)
-        assert_no_survivors(ray_tmp, str(tmp_path / "milvus.db"))
+        assert_no_survivors(str(tmp_path / "milvus.db"))
+        assert_cluster_released()
 
         # Run 4 (on the session's Ray: how it starts does not matter here) finishes: every document once.
         done_before = n_recorded()
