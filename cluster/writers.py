@@ -2,9 +2,10 @@
 
 The driver hands each embedded block's object reference to the least busy writer (in turn among
 equally busy ones; at most ``in_flight`` calls per writer, so back-pressure reaches the pipeline)
-and gets back small records. A record counts only once its writer confirmed it with a :meth:`WriterPool.checkpoint`
-(the writer's dead letters are then written): records of an actor that died and was restarted
-before confirming are reported as lost, so that their shards are not recorded as done.
+and gets back small records. A record counts only once its writer confirmed it with a
+:meth:`WriterPool.checkpoint` (the writer's dead letters are then written): records of an actor
+that died and was restarted before confirming are reported as lost, so that their shards are not
+recorded as done.
 """
 
 from __future__ import annotations
@@ -98,9 +99,8 @@ class WriterPool:
                 tick()
         # Least busy first; among equals, the one after the last chosen (an idle pool still spreads the blocks).
         n = len(self.slots)
-        order = [self.slots[(self._last + 1 + k) % n] for k in range(n)]
-        slot = min(order, key=lambda s: len(s.calls))
-        self._last = self.slots.index(slot)
+        self._last = min(range(n), key=lambda i: (len(self.slots[i].calls), (i - self._last - 1) % n))
+        slot = self.slots[self._last]
         slot.calls[slot.actor.write.remote(block_ref)] = "write"
 
     def collect(self, timeout: float = 0.0) -> int:

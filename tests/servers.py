@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from pathlib import Path
 
 from cluster.milvus.lite import spawn
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LiteServer:
@@ -26,6 +19,7 @@ class LiteServer:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir, self.port = data_dir, 0
+        self.log = data_dir.with_name(data_dir.name + ".log")  # the server's output, every start
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -34,7 +28,6 @@ class LiteServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> None:
-        self.log = self.data_dir.with_name(self.data_dir.name + ".log")  # the server's output, every start
         self.proc, self.port = spawn(self.data_dir, self.log, port=self.port, timeout_s=timeout, max_workers=4,
                                      die_with_parent=False)  # restarted from a test's thread
 

@@ -44,15 +44,14 @@ def serve(data_dir: Path, port_file: Path, *, host: str = "127.0.0.1", port: int
                          options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
     milvus_pb2_grpc.add_MilvusServiceServicer_to_server(MilvusServicer(db), server)
+    why = "port taken"
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        bound = server.add_insecure_port(f"{host}:{port}")  # grpcio raises when it cannot bind (older ones: 0)
     except RuntimeError as e:
-        bound, why = 0, e
-    else:
-        why = None
+        bound, why = 0, str(e)
     if not bound:
         db.close()
-        print(f"cannot listen on {host}:{port} ({why or 'port taken'}): choose another port, or none", file=sys.stderr)
+        print(f"cannot listen on {host}:{port} ({why}): choose another port, or none", file=sys.stderr)
         return 3
     server.start()
     tmp = port_file.with_name(port_file.name + ".tmp")

@@ -107,10 +107,11 @@ def test_signals_lease_and_timer_progress(tmp_path: Path, small_corpus: list[dic
     rows = [{**r, "id": f"{r['id']}~{k}"} for k in range(2) for r in small_corpus if r["kind"] != "handbook"]
     src = write_parquet_shards(tmp_path / "docs", rows, 12)
     journal = tmp_path / "journal"  # the keys of every upsert request of every run
+    # ship_code matters only to the run that joins the session's Ray (run 3): its workers import this checkout.
     sections = base_config(tmp_path, str(src), tiny_m3_long_dir, checkpoint={"record_every_s": 1},
-                           milvus={"write_journal": str(journal)}, cluster={"inject_batch_delay_s": 1.0})
+                           milvus={"write_journal": str(journal)},
+                           cluster={"inject_batch_delay_s": 1.0, "ship_code": False})
     cfg = config_file(tmp_path, sections)
-    cfg3 = config_file(tmp_path, {**sections, "cluster": {**sections["cluster"], "ship_code": False}}, "job-3.yaml")
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = job_env(RAY_TMPDIR=ray_tmp)
     state = tmp_path / "state" / "checkpoints"
@@ -150,7 +151,7 @@ def test_signals_lease_and_timer_progress(tmp_path: Path, small_corpus: list[dic
         # joins the session's Ray as a driver on a cluster does (run 1 showed a Ray of its own ends).
         before = n_recorded()
         log3, summary3 = tmp_path / "log-3.txt", tmp_path / "summary-3.json"
-        proc = start_job(cfg3, summary3, log3, session_ray_env())
+        proc = start_job(cfg, summary3, log3, session_ray_env())
         wait_for("another recorded shard", lambda: n_recorded() > before, proc, log3)
         stop_with(proc, signal.SIGINT, summary3, log3)
         assert_no_survivors(str(tmp_path / "milvus.db"))
