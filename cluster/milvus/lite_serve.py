@@ -24,6 +24,17 @@ from concurrent import futures
 from pathlib import Path
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # what milvus-lite's own server and Milvus standalone accept
+# A Milvus server lets clients ping every 5 s, also between calls (its gRPC keepalive enforcement policy:
+# MinTime 5 s, PermitWithoutStream). gRPC's defaults (5 min, and 2 h without calls) answer pymilvus'
+# 10-s keepalive pings of an idle connection with strikes and then GOAWAY "too_many_pings", which
+# a pooled client in a long-lived Ray worker then met as "Too many pings" / "server unavailable".
+SERVER_OPTIONS = [
+    ("grpc.so_reuseport", 0),  # a taken port is an error, never shared with another server
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+]
 
 
 def serve(data_dir: Path, port_file: Path, *, host: str = "127.0.0.1", port: int = 0, max_workers: int = 10) -> int:
@@ -40,9 +51,7 @@ def serve(data_dir: Path, port_file: Path, *, host: str = "127.0.0.1", port: int
         return 2
 
     db = MilvusLite(str(data_dir))  # takes the folder's lock: a second process on it fails here
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=SERVER_OPTIONS)
     milvus_pb2_grpc.add_MilvusServiceServicer_to_server(MilvusServicer(db), server)
     why = "port taken"
     try:

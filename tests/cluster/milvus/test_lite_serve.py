@@ -54,3 +54,31 @@ def test_the_kernel_chooses_the_port_and_sigterm_releases_the_folder(tmp_path: P
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_keepalive_pings_between_calls_are_accepted_as_a_milvus_server_does(tmp_path: Path) -> None:
+    """pymilvus pings an idle connection every 10 s; a Milvus server allows a ping every 5 s, also between
+    calls. With gRPC's defaults the third such ping gets GOAWAY "too_many_pings" (a CI run's id pass
+    failed on it): here a client pinging every 6 s, idle for three pings, keeps its one connection."""
+    import time
+
+    import grpc
+    from pymilvus.grpc_gen import milvus_pb2, milvus_pb2_grpc
+
+    proc, port = spawn(tmp_path / "data")
+    states: list[grpc.ChannelConnectivity] = []
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[
+        ("grpc.keepalive_time_ms", 6000), ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0)])
+    try:
+        stub = milvus_pb2_grpc.MilvusServiceStub(channel)
+        assert stub.ShowCollections(milvus_pb2.ShowCollectionsRequest(), timeout=30).status.code == 0
+        channel.subscribe(states.append)
+        time.sleep(20)  # pings at 6, 12 and 18 s; the default policy's GOAWAY would end the connection
+        after = list(states)
+        assert after and set(after) == {grpc.ChannelConnectivity.READY}, after
+        assert stub.ShowCollections(milvus_pb2.ShowCollectionsRequest(), timeout=30).status.code == 0
+    finally:
+        channel.close()
+        proc.terminate()
+        proc.wait(30)
