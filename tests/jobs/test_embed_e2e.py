@@ -148,7 +148,7 @@ def test_s3_to_milvus_end_to_end(tmp_path: Path, s3_server: dict[str, Any], s3_b
     assert any(h["doc_id"] == "coffee-descaling.en.body" for h in hits[:10])
 
 
-def test_gzipped_jsonl_from_s3_and_a_rerun_upserts_without_duplicates(
+def test_gzipped_jsonl_from_s3_and_a_full_rerun_starts_over_without_duplicates(
         tmp_path: Path, s3_server: dict[str, Any], s3_bucket: str, small_corpus: list[dict[str, str]],
         tiny_m3_dir: Path, ray_local: None) -> None:
     rows = [r for r in small_corpus if r["kind"] != "handbook"][:24]
@@ -171,8 +171,9 @@ def test_gzipped_jsonl_from_s3_and_a_rerun_upserts_without_duplicates(
         client.delete("docs", ids=[r["pk"] for r in gone if r["pk"].startswith(chunk_pk(victim, 0)[:-1])])
     finally:
         client.close()
-    code, summary = run_embed(cfg)
-    assert code == 0 and summary["docs_unchanged"] == len(rows) - 1 and summary["docs_read"] == len(rows)
+    code, summary = run_embed(cfg)  # mode full: the previous run finished, so this one starts over
+    assert code == 0 and summary["shards_done"] == 2 and summary["shards_skipped"] == 0
+    assert summary["docs_unchanged"] == len(rows) - 1 and summary["docs_read"] == len(rows)
     assert 1 <= summary["rows_written"] == summary["chunks_embedded"] < first["rows_written"]
     client = MilvusClient(str(tmp_path / "milvus.db"))
     try:
@@ -184,9 +185,9 @@ def test_gzipped_jsonl_from_s3_and_a_rerun_upserts_without_duplicates(
         client.close()
 
 
-def test_sparse_model_writes_sparse_vectors(tmp_path: Path, tiny_m3_dir: Path, ray_local: None,
-                                            small_corpus: list[dict[str, str]],
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_sparse_model_writes_sparse_vectors_and_a_schema_mismatch_stops_before_embedding(
+        tmp_path: Path, tiny_m3_dir: Path, ray_local: None, small_corpus: list[dict[str, str]],
+        capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
     src = tmp_path / "docs"
     src.mkdir()
     rows = small_corpus[:10]
@@ -213,15 +214,8 @@ def test_sparse_model_writes_sparse_vectors(tmp_path: Path, tiny_m3_dir: Path, r
         hits = query(cfg, rows[0]["text"][:80], capsys, "--mode", mode)
         assert hits and hits[0]["doc_id"] == rows[0]["id"]
 
-
-def test_schema_mismatch_stops_before_embedding(tmp_path: Path, small_corpus: list[dict[str, str]],
-                                                tiny_m3_dir: Path, ray_local: None,
-                                                caplog: pytest.LogCaptureFixture) -> None:
-    src = tmp_path / "docs"
-    src.mkdir()
-    pq.write_table(pa.Table.from_pylist(small_corpus[:4]), src / "part-0.parquet")
-    cfg = tiny_job_config(tmp_path, str(src), {}, tiny_m3_dir)
-    assert run_embed(cfg)[0] == 0
+    # The collection's schema mismatches the config (dense 32 there, 16 asked): refused before any work.
+    caplog.clear()
     code, summary = run_embed(cfg, "--set", "model.dense_dim=16")
     assert code == 2 and summary == {}
     assert "dense" in caplog.text and "32" in caplog.text and "16" in caplog.text

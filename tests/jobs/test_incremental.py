@@ -17,8 +17,10 @@ from tests.jobs.conftest import write_config
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def shard(folder: Path, name: str, ids: list[str], tag: str = "") -> None:
-    texts = [f"Document {i} about routers, coffee and bicycles {tag}." for i in ids]
+def shard(folder: Path, name: str, ids: list[str], tag: str = "", long: tuple[str, ...] = ()) -> None:
+    """One parquet shard; the documents named in ``long`` are several chunks long."""
+    long_text = " ".join(f"Sentence number {i} about descaling a coffee machine." for i in range(40))
+    texts = [long_text if i in long else f"Document {i} about routers, coffee and bicycles {tag}." for i in ids]
     pq.write_table(pa.table({"id": ids, "text": texts}), folder / name)
 
 
@@ -43,10 +45,23 @@ def doc_ids(db: Path) -> dict[str, str]:
         client.close()
 
 
+def rows_of(db: Path, doc: str) -> list[dict[str, Any]]:
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(str(db))
+    try:
+        client.load_collection("docs")
+        rows = client.query("docs", filter="chunk_index >= 0", output_fields=["doc_id", "pk", "chunk_index"],
+                            limit=1000)
+        return [{"pk": r["pk"], "chunk_index": r["chunk_index"]} for r in rows if r["doc_id"] == doc]
+    finally:
+        client.close()
+
+
 def test_incremental_runs(tmp_path: Path, tiny_m3_dir: Path, ray_local: None) -> None:
     src = tmp_path / "docs"
     src.mkdir()
-    shard(src, "a.parquet", ["a1", "a2", "a3"])
+    shard(src, "a.parquet", ["a1", "a2", "a3"], long=("a1",))  # a1 is several chunks long, then short
     shard(src, "b.parquet", ["b1", "b2"])
     shard(src, "d.parquet", ["d1"])  # never changes
     cfg = write_config(tmp_path / "job.yaml", source={"uri": str(src)},
@@ -55,12 +70,13 @@ def test_incremental_runs(tmp_path: Path, tiny_m3_dir: Path, ray_local: None) ->
                        checkpoint={"uri": str(tmp_path / "state")}, errors={"uri": None},
                        mode="incremental", delete_missing=True, delete_missing_max_ratio=1.0)
     code, s = run(cfg)
-    assert code == 0 and s["shards_done"] == 3 and s["docs_read"] == 6
+    assert code == 0 and s["shards_done"] == 3 and s["docs_read"] == 6 and s["chunks_embedded"] > 6 + 2
 
     code, s = run(cfg)  # nothing changed: no work at all
     assert code == 0 and s["shards"] == 0 and s["shards_skipped"] == 3 and s["docs_read"] == 0
 
-    # In one run: a new shard, a changed one (a2 left it, a1/a3 rewritten), a vanished one, an unchanged one.
+    # In one run: a new shard, a changed one (a2 left it, a1/a3 rewritten, a1 now one chunk long), a
+    # vanished one, an unchanged one.
     shard(src, "c.parquet", ["c1"])
     time.sleep(0.01)
     shard(src, "a.parquet", ["a1", "a3"], tag="v2")
@@ -71,6 +87,8 @@ def test_incremental_runs(tmp_path: Path, tiny_m3_dir: Path, ray_local: None) ->
     now = doc_ids(tmp_path / "m.db")
     assert set(now) == {"a1", "a3", "c1", "d1"}
     assert "v2" in now["a1"]
+    # the shorter new version of a1 left no stale chunk of the long one behind
+    assert [(r["pk"], r["chunk_index"]) for r in rows_of(tmp_path / "m.db", "a1")] == [(chunk_pk("a1", 0), 0)]
 
     code, s = run(cfg)  # and again nothing to do
     assert s["shards"] == 0 and s["docs_deleted"] == 0
@@ -81,44 +99,6 @@ def test_incremental_runs(tmp_path: Path, tiny_m3_dir: Path, ray_local: None) ->
     assert code == 0 and s["docs_deleted"] == 0
     now = doc_ids(tmp_path / "m.db")
     assert set(now) == {"a1", "a3", "c1", "d1"} and "moved" in now["a3"]
-
-
-def test_a_shorter_new_version_leaves_no_stale_chunks(tmp_path: Path, tiny_m3_dir: Path, ray_local: None) -> None:
-    from pymilvus import MilvusClient
-
-    src = tmp_path / "docs"
-    src.mkdir()
-    long_text = " ".join(f"Sentence number {i} about descaling a coffee machine." for i in range(40))
-    pq.write_table(pa.table({"id": ["d"], "text": [long_text]}), src / "a.parquet")
-    cfg = write_config(tmp_path / "job.yaml", source={"uri": str(src)},
-                       model={"name": str(tiny_m3_dir), "precision": "fp32"}, chunking={"overlap": 4},
-                       batch={"max_tokens": 1024}, milvus={"uri": str(tmp_path / "m.db"), "collection": "docs"},
-                       checkpoint={"uri": str(tmp_path / "state")}, errors={"uri": None}, mode="incremental")
-    assert run(cfg)[1]["chunks_embedded"] > 3
-    pq.write_table(pa.table({"id": ["d"], "text": ["Now a short document."]}), src / "a.parquet")
-    code, s = run(cfg)
-    assert code == 0 and s["chunks_embedded"] == 1
-    client = MilvusClient(str(tmp_path / "m.db"))
-    try:
-        client.load_collection("docs")
-        rows = client.query("docs", filter='doc_id == "d"', output_fields=["pk", "chunk_index", "text"])
-    finally:
-        client.close()
-    assert [(r["pk"], r["chunk_index"]) for r in rows] == [(chunk_pk("d", 0), 0)]
-    assert rows[0]["text"] == "Now a short document."
-
-
-def test_full_mode_resumes_then_starts_over(tmp_path: Path, tiny_m3_dir: Path, ray_local: None) -> None:
-    src = tmp_path / "docs"
-    src.mkdir()
-    shard(src, "a.parquet", ["a1", "a2"])
-    cfg = write_config(tmp_path / "job.yaml", source={"uri": str(src)},
-                       model={"name": str(tiny_m3_dir), "precision": "fp32"}, chunking={"overlap": 4},
-                       batch={"max_tokens": 1024}, milvus={"uri": str(tmp_path / "m.db"), "collection": "docs"},
-                       checkpoint={"uri": str(tmp_path / "state")}, errors={"uri": None})
-    assert run(cfg)[1]["shards_done"] == 1
-    code, s = run(cfg)  # the previous full run finished: a new full run redoes everything
-    assert code == 0 and s["shards_done"] == 1 and s["shards_skipped"] == 0
 
 
 def test_unchanged_documents_are_skipped_moved_ones_found_and_a_stopped_run_not_trusted(

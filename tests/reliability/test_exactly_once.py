@@ -52,45 +52,39 @@ def config(tmp_path: Path, src: Path, model: Path, **extra: Any) -> Path:
     return config_file(tmp_path, sections)
 
 
-def test_a_repeated_id_in_a_shard_keeps_the_last_row_and_no_request_repeats_a_key(
+def test_a_repeated_id_and_a_metadata_value_of_another_type_are_dead_letters_and_the_rest_written_once(
         tmp_path: Path, tiny_m3_dir: Path, ray_local: None) -> None:
     """17 documents, one id three times in one shard: before, a 2.6 server refused the request (code 1100),
-    every re-run the same; now the last occurrence is written once, the earlier ones are dead letters."""
+    every re-run the same; now the last occurrence is written once, the earlier ones are dead letters.
+    The other shard's ``year`` is a string column where the first shard's (and so the collection's) is an
+    integer: a value that does not convert is a dead letter, not a run that never resumes."""
     src = tmp_path / "docs"
     src.mkdir()
-    docs = [{"id": f"d{i}", "text": f"Document {i} about routers and coffee."} for i in range(16)]
-    a = docs[:3] + [{"id": "twice", "text": "the first version"}] + docs[3:8] + [
-        {"id": "twice", "text": "the second version"}] + docs[8:10] + [{"id": "twice", "text": "the last, which wins"}]
+    docs = [{"id": f"d{i}", "text": f"Document {i} about routers and coffee.", "year": 2000 + i} for i in range(16)]
+    a = docs[:3] + [{"id": "twice", "text": "the first version", "year": 1}] + docs[3:8] + [
+        {"id": "twice", "text": "the second version", "year": 2}] + docs[8:10] + [
+        {"id": "twice", "text": "the last, which wins", "year": 3}]
     pq.write_table(pa.Table.from_pylist(a), src / "a.parquet")  # rows 3, 9 and 12, read in batches of 4
-    pq.write_table(pa.Table.from_pylist(docs[10:]), src / "b.parquet")
-    code, summary, log = run_in_ray(config(tmp_path, src, tiny_m3_dir, source={"read_batch_rows": 4}), tmp_path,
-                                    "dup")
-    assert code == 3, log[-3000:]  # rows were rejected (the earlier occurrences), everything else written
-    assert summary["duplicate_ids"] == 2 and summary["docs_failed"] == 2
-    reasons = [r for r in dead_letters(tmp_path) if r["doc_id"] == "twice"]
+    years = ["unknown", "1999", None, "2013", "2014", "2015"]  # strings: only "unknown" does not convert
+    pq.write_table(pa.Table.from_pylist([{**d, "year": y} for d, y in zip(docs[10:], years, strict=True)]),
+                   src / "b.parquet")
+    cfg = config(tmp_path, src, tiny_m3_dir, source={"read_batch_rows": 4, "metadata_columns": ["year"]},
+                 mode="incremental")
+    code, summary, log = run_in_ray(cfg, tmp_path, "dup")
+    assert code == 3, log[-3000:]  # rows were rejected (the earlier occurrences, d10), everything else written
+    assert summary["duplicate_ids"] == 2 and summary["docs_failed"] == 3
+    letters = dead_letters(tmp_path)
+    reasons = [r for r in letters if r["doc_id"] == "twice"]
     assert sorted(r["row"] for r in reasons) == [3, 9] and all(r["reason"].startswith("duplicate_id") for r in reasons)
+    bad = [r for r in letters if r["doc_id"] == "d10"]
+    assert len(bad) == 1 and "'year'" in bad[0]["reason"] and "int64" in bad[0]["reason"]
     rows = rows_by_doc(tmp_path / "milvus.db")
-    assert len(rows) == 17 and [r["text"] for r in rows["twice"]] == ["the last, which wins"]
+    assert len(rows) == 16 and "d10" not in rows and [r["text"] for r in rows["twice"]] == ["the last, which wins"]
     writes = journal_counts(str(tmp_path / "journal"))
     assert writes and set(writes.values()) == {1}, "a key was sent more than once"
     assert sum(writes.values()) == sum(len(v) for v in rows.values())
 
-
-def test_a_metadata_value_of_another_type_is_a_dead_letter_not_a_run_that_never_resumes(
-        tmp_path: Path, tiny_m3_dir: Path, ray_local: None) -> None:
-    src = tmp_path / "docs"
-    src.mkdir()
-    pq.write_table(pa.table({"id": ["a1", "a2"], "text": ["first text", "second text"], "year": [2001, 2002]}),
-                   src / "a.parquet")
-    pq.write_table(pa.table({"id": ["b1", "b2", "b3"], "text": ["third", "fourth", "fifth"],
-                             "year": ["unknown", "1999", None]}), src / "b.parquet")
-    cfg = config(tmp_path, src, tiny_m3_dir, source={"metadata_columns": ["year"]}, mode="incremental")
-    code, summary, log = run_in_ray(cfg, tmp_path, "types")
-    assert code == 3, log[-3000:]
-    bad = [r for r in dead_letters(tmp_path) if r["doc_id"] == "b1"]
-    assert len(bad) == 1 and "'year'" in bad[0]["reason"] and "int64" in bad[0]["reason"]
-    assert set(rows_by_doc(tmp_path / "milvus.db")) == {"a1", "a2", "b2", "b3"}
-    code, summary, _ = run_in_ray(cfg, tmp_path, "types-again")  # finished (exit 3 is final): nothing to redo
+    code, summary, _ = run_in_ray(cfg, tmp_path, "again")  # finished (exit 3 is final): nothing to redo
     assert code == 0 and summary["shards_skipped"] == 2 and summary["shards"] == 0
 
 
