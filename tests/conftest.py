@@ -17,7 +17,9 @@ CACHE = REPO_ROOT / ".cache"
 
 
 # Folders whose tests start jobs, Rays and servers: collected first, so that with ``pytest -n 2
-# --dist loadfile`` (make test) the long files start early and the short ones fill in at the end.
+# --dist loadfile --no-loadscope-reorder`` (make test) the long files start early and the short ones
+# fill in at the end. (Without that flag pytest-xdist >= 3.5 hands out the files with the most tests
+# first: the job files, one to four long tests each, came last and one worker waited for the other.)
 SLOW_FIRST = ("tests/reliability/", "tests/jobs/")
 
 
