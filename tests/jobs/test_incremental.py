@@ -33,29 +33,21 @@ def run(cfg: Path) -> tuple[int, dict[str, Any]]:
     return code, json.loads(summary.read_text())
 
 
-def doc_ids(db: Path) -> dict[str, str]:
+def collection_rows(db: Path) -> list[dict[str, Any]]:
+    """Every row of the collection: doc_id, pk, chunk_index and text."""
     from pymilvus import MilvusClient
 
     client = MilvusClient(str(db))
     try:
         client.load_collection("docs")
-        rows = client.query("docs", filter="chunk_index >= 0", output_fields=["doc_id", "text"], limit=1000)
-        return {r["doc_id"]: r["text"] for r in rows}
-    finally:
-        client.close()
-
-
-def rows_of(db: Path, doc: str) -> list[dict[str, Any]]:
-    from pymilvus import MilvusClient
-
-    client = MilvusClient(str(db))
-    try:
-        client.load_collection("docs")
-        rows = client.query("docs", filter="chunk_index >= 0", output_fields=["doc_id", "pk", "chunk_index"],
+        return client.query("docs", filter="chunk_index >= 0", output_fields=["doc_id", "pk", "chunk_index", "text"],
                             limit=1000)
-        return [{"pk": r["pk"], "chunk_index": r["chunk_index"]} for r in rows if r["doc_id"] == doc]
     finally:
         client.close()
+
+
+def doc_ids(db: Path) -> dict[str, str]:
+    return {r["doc_id"]: r["text"] for r in collection_rows(db)}
 
 
 def test_incremental_runs(tmp_path: Path, tiny_m3_dir: Path, ray_local: None) -> None:
@@ -88,7 +80,8 @@ def test_incremental_runs(tmp_path: Path, tiny_m3_dir: Path, ray_local: None) ->
     assert set(now) == {"a1", "a3", "c1", "d1"}
     assert "v2" in now["a1"]
     # the shorter new version of a1 left no stale chunk of the long one behind
-    assert [(r["pk"], r["chunk_index"]) for r in rows_of(tmp_path / "m.db", "a1")] == [(chunk_pk("a1", 0), 0)]
+    a1 = [(r["pk"], r["chunk_index"]) for r in collection_rows(tmp_path / "m.db") if r["doc_id"] == "a1"]
+    assert a1 == [(chunk_pk("a1", 0), 0)]
 
     code, s = run(cfg)  # and again nothing to do
     assert s["shards"] == 0 and s["docs_deleted"] == 0

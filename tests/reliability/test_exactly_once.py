@@ -71,7 +71,7 @@ def test_a_repeated_id_and_a_metadata_value_of_another_type_are_dead_letters_and
     cfg = config(tmp_path, src, tiny_m3_dir, source={"read_batch_rows": 4, "metadata_columns": ["year"]},
                  mode="incremental")
     code, summary, log = run_in_ray(cfg, tmp_path, "dup")
-    assert code == 3, log[-3000:]  # rows were rejected (the earlier occurrences, d10), everything else written
+    assert code == 3, log[-3000:]  # rows were rejected (the earlier occurrences of 'twice', d10), the rest written
     assert summary["duplicate_ids"] == 2 and summary["docs_failed"] == 3
     letters = dead_letters(tmp_path)
     reasons = [r for r in letters if r["doc_id"] == "twice"]
