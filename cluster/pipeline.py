@@ -28,7 +28,7 @@ def build_dataset(cfg: JobConfig, items: list[dict[str, object]], ids: IdsSink |
         cfg: The job's config.
         items: One item per shard (path, format, size, version, where its id files go).
         ids: Where the read tasks write the shards' id files (None: no manifest).
-        progress: A :class:`cluster.progress.ProgressCounter` actor the read tasks report to.
+        progress: A :class:`cluster.progress.ReadProgress` the read tasks report to.
         metadata_types: The collection's metadata field types (arrow); read tasks cast to them.
         change: A :class:`cluster.stages.unchanged.ChangeCheck`: read tasks skip unchanged documents.
     """

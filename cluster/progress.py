@@ -23,17 +23,61 @@ log = logging.getLogger(__name__)
 
 
 class ProgressCounter:
-    """Totals reported by the read tasks (run as a Ray actor with ``num_cpus=0``)."""
+    """Totals reported by the read tasks, per run (a Ray actor with ``num_cpus=0``, one per driver).
+
+    One actor serves every run of a driver process (:func:`read_progress`): a driver that runs the job
+    several times (a test session, a notebook) starts no worker process per run for it. Runs are kept
+    apart by their run id and forgotten when they end; the actor ends with its driver.
+    """
 
     def __init__(self) -> None:
-        self.totals: dict[str, int] = {}
+        self.totals: dict[str, dict[str, int]] = {}
+
+    def add(self, run: str, **counts: int) -> None:
+        mine = self.totals.setdefault(run, {})
+        for key, value in counts.items():
+            mine[key] = mine.get(key, 0) + int(value)
+
+    def get(self, run: str) -> dict[str, int]:
+        return dict(self.totals.get(run, {}))
+
+    def forget(self, run: str) -> None:
+        self.totals.pop(run, None)
+
+
+#: The name of the driver's counter actor in its (per-driver) Ray namespace.
+COUNTER_NAME = "embed-read-progress"
+
+
+class ReadProgress:
+    """What a read task reports to: one run's totals in the driver's :class:`ProgressCounter`."""
+
+    def __init__(self, actor: Any, run: str) -> None:
+        self.actor, self.run = actor, run
 
     def add(self, **counts: int) -> None:
-        for key, value in counts.items():
-            self.totals[key] = self.totals.get(key, 0) + int(value)
+        """Fire and forget: a lost report only makes a progress line lag."""
+        self.actor.add.remote(self.run, **counts)
 
-    def get(self) -> dict[str, int]:
-        return dict(self.totals)
+    def get(self, timeout_s: float) -> dict[str, int]:
+        import ray
+
+        return ray.get(self.actor.get.remote(self.run), timeout=timeout_s)
+
+    def close(self) -> None:
+        self.actor.forget.remote(self.run)
+
+
+def read_progress(run: str) -> ReadProgress:
+    """This run's totals in the driver's counter actor, started with the first run of this Ray session.
+
+    The actor is named in the driver's own namespace, so another driver never shares it; a new Ray
+    session (or an actor that died with its node) gets a new one.
+    """
+    import ray
+
+    actor = ray.remote(ProgressCounter).options(name=COUNTER_NAME, get_if_exists=True, num_cpus=0).remote()
+    return ReadProgress(actor, run)
 
 
 class RunTracker:

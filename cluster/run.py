@@ -84,7 +84,7 @@ class Run:
         import ray
 
         from cluster.pipeline import build_dataset
-        from cluster.progress import ProgressCounter
+        from cluster.progress import read_progress
         from cluster.sinks import make_sink
         from cluster.stages.write import WriterSettings
 
@@ -95,7 +95,7 @@ class Run:
                                                            cfg.source.storage_options),
                                   run_id=p.run_id, replaces_rows=p.replaces_rows)
         self.sink = make_sink(cfg, p, self.tracker, self.recorder, settings, node)
-        self.counter = ray.remote(ProgressCounter).options(num_cpus=0).remote()
+        self.counter = read_progress(p.run_id)
         ids, items = None, shard_items(p.shards, {}, {}, {})
         if p.manifest is not None:
             m = p.manifest
@@ -324,17 +324,13 @@ class Run:
             finally:
                 self.sink = None
         if self.counter is not None:
-            import ray
-
-            ray.kill(self.counter)
+            self.counter.close()  # the actor stays for this driver's next run
             self.counter = None
 
     def _progress_line(self) -> str:
-        import ray
-
         if self.counter is not None:
             try:
-                self.tracker.read = ray.get(self.counter.get.remote(), timeout=5)
+                self.tracker.read = self.counter.get(timeout_s=5)
             except Exception:  # noqa: BLE001 - the line shows what is known
                 pass
         return self.tracker.progress_line(self.sink.unconfirmed_rows if self.sink is not None else 0)

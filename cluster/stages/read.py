@@ -227,7 +227,7 @@ class ShardReader:
                 out = self._tokenize(table)
                 docs += table.num_rows
                 if self.progress is not None:
-                    self.progress.add.remote(docs_read=table.num_rows, chunks_tokenized=int(out.num_rows))
+                    self.progress.add(docs_read=table.num_rows, chunks_tokenized=int(out.num_rows))
                 yield out
         except ShardError as e:
             log.warning("%s", e)
