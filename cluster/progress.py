@@ -47,6 +47,9 @@ class ProgressCounter:
 
 #: The name of the driver's counter actor in its (per-driver) Ray namespace.
 COUNTER_NAME = "embed-read-progress"
+#: The handle the driver created it with: Ray ends a (non-detached) actor once that handle and its
+#: copies are gone, even while it is named, so the driver keeps it between runs.
+_driver_counter: dict[str, Any] = {}
 
 
 class ReadProgress:
@@ -77,6 +80,9 @@ def read_progress(run: str) -> ReadProgress:
     import ray
 
     actor = ray.remote(ProgressCounter).options(name=COUNTER_NAME, get_if_exists=True, num_cpus=0).remote()
+    kept = _driver_counter.get("actor")
+    if kept is None or kept._actor_id != actor._actor_id:  # the first run, a new Ray session, or it died
+        _driver_counter["actor"] = actor
     return ReadProgress(actor, run)
 
 

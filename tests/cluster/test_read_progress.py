@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 
 import pytest
@@ -22,8 +23,14 @@ def test_runs_of_one_driver_share_the_actor_and_keep_their_totals_apart(ray_loca
 
     from cluster.progress import read_progress
 
+    before = read_progress("run-0")
+    actor_id = before.actor._actor_id
+    del before  # a run ended and its handles are gone: the actor stays for the next run
+    gc.collect()
+    time.sleep(1)
     first, second = read_progress("run-1"), read_progress("run-2")
-    assert first.actor._actor_id == second.actor._actor_id  # no worker process per run
+    assert first.actor._actor_id == second.actor._actor_id == actor_id  # no worker process per run
+    assert ray.get(first.actor.get.remote("run-1")) == {}
     first.add(docs_read=3, chunks_tokenized=5)
     second.add(docs_read=1)
     first.add(docs_read=2, chunks_tokenized=1)
