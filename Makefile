@@ -16,14 +16,17 @@ export RAY_USAGE_STATS_ENABLED := 0
 .PHONY: demo test install model sample lint bench soak clean
 
 # torch first, with pip (on this platform pip takes the CPU wheel from the local disk; uv would not
-# look there); then the rest with uv, which resolves and installs the ~150 packages in seconds where
-# pip takes minutes, and keeps the torch already installed. `make INSTALLER=pip` installs with pip only.
+# look there); then the rest with uv, which resolves and installs the ~150 packages in far less time
+# than pip, and keeps the torch already installed. --compile-bytecode as pip does: where
+# PYTHONDONTWRITEBYTECODE is set (as on these machines) nothing else writes the .pyc files, and every
+# process (each Ray worker) compiled torch, transformers and the rest again: the suite ran 2x slower.
+# `make INSTALLER=pip` installs with pip only.
 INSTALLER ?= uv
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(filter uv,$(INSTALLER)),uv)
-	$(if $(filter uv,$(INSTALLER)),$(PY) -m uv pip install --python $(PY) -q,$(PY) -m pip install -q) -e '.[offline-model,test]'
+	$(if $(filter uv,$(INSTALLER)),$(PY) -m uv pip install --python $(PY) -q --compile-bytecode,$(PY) -m pip install -q) -e '.[offline-model,test]'
 	touch $@
 
 install: $(VENV)/.installed
