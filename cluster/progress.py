@@ -49,7 +49,7 @@ class ProgressCounter:
 COUNTER_NAME = "embed-read-progress"
 #: The handle the driver created it with: Ray ends a (non-detached) actor once that handle and its
 #: copies are gone, even while it is named, so the driver keeps it between runs.
-_driver_counter: dict[str, Any] = {}
+_kept_counter: Any = None
 
 
 class ReadProgress:
@@ -79,10 +79,10 @@ def read_progress(run: str) -> ReadProgress:
     """
     import ray
 
+    global _kept_counter
     actor = ray.remote(ProgressCounter).options(name=COUNTER_NAME, get_if_exists=True, num_cpus=0).remote()
-    kept = _driver_counter.get("actor")
-    if kept is None or kept._actor_id != actor._actor_id:  # the first run, a new Ray session, or it died
-        _driver_counter["actor"] = actor
+    if _kept_counter is None or _kept_counter._actor_id != actor._actor_id:  # first run, new session, or it died
+        _kept_counter = actor
     return ReadProgress(actor, run)
 
 
